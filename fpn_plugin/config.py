@@ -1,0 +1,86 @@
+"""The plugin's config keys, and where the config touches the code.
+
+Detectron2's existing keys keep their meaning (``MODEL.FPN.IN_FEATURES/OUT_CHANNELS/NORM/FUSE_TYPE``,
+``MODEL.ANCHOR_GENERATOR.SIZES/ASPECT_RATIOS/OFFSET``, ``MODEL.ROI_*_HEAD.POOLER_*`` ...).
+:func:`add_fpn_plugin_config` only adds keys for options Detectron2 does not have; each has a
+default that reproduces Detectron2's R50-FPN, so a Detectron2 FPN config turns into a plugin
+config by changing the three ``NAME`` keys, and back.
+"""
+import importlib.util
+import os
+
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+
+def add_fpn_plugin_config(cfg: CN) -> CN:
+    """Add the plugin's keys (with their defaults) to ``cfg`` in place, and return it.
+
+    Calling it twice is harmless: keys that already exist keep their values.
+    """
+    _C = cfg
+    was_frozen = _C.is_frozen()
+    _C.defrost()
+
+    def _set(node, key, value):
+        if key not in node:
+            node[key] = value
+
+    # --- Neck (MODEL.FPN) --------------------------------------------------------------------
+    # Registered BACKBONE_REGISTRY name of the bottom-up network the neck sits on. It must output
+    # MODEL.FPN.IN_FEATURES with strides that double level to level (ResNet: res2..res5).
+    _set(_C.MODEL.FPN, "BOTTOM_UP", "build_resnet_backbone")
+    # Top-down upsampling by 2: "nearest" (the paper) or "bilinear".
+    _set(_C.MODEL.FPN, "UPSAMPLE", "nearest")
+    # Levels above the last input: "none"; "p6_subsample" (P6 = stride-2 subsampling of P5, the
+    # paper); "p6p7_c5" or "p6p7_p5" (P6, P7 by stride-2 3x3 convs from C5 or from P5, RetinaNet).
+    _set(_C.MODEL.FPN, "EXTRA_LEVELS", "p6_subsample")
+    # Paper ablations (Table 3). TOP_DOWN=False: bottom-up pyramid, no top-down pathway (row b).
+    _set(_C.MODEL.FPN, "TOP_DOWN", True)
+    # LATERAL=False: top-down pyramid without 1x1 lateral connections (row c).
+    _set(_C.MODEL.FPN, "LATERAL", True)
+    # FINEST_ONLY=True: the full pyramid is built but only the finest map (P2) is output (row d).
+    _set(_C.MODEL.FPN, "FINEST_ONLY", False)
+
+    # --- Anchors (MODEL.ANCHOR_GENERATOR) ----------------------------------------------------
+    # Anchor scales per octave: each size s becomes s * 2**(i / n), i = 0..n-1 (RetinaNet: 3).
+    _set(_C.MODEL.ANCHOR_GENERATOR, "SCALES_PER_OCTAVE", 1)
+    # Anchor grids kept per (feature-map sizes, device, dtype), least recently used evicted.
+    # 0 turns the cache off.
+    _set(_C.MODEL.ANCHOR_GENERATOR, "CACHE_SIZE", 16)
+
+    # --- Level-mapping RoI pooler (MODEL.ROI_HEADS) -----------------------------------------
+    # Eqn. (1) of the paper: k = floor(k0 + log2(sqrt(w * h) / s0)), clamped to the pyramid.
+    # s0, in input-image pixels:
+    _set(_C.MODEL.ROI_HEADS, "CANONICAL_BOX_SIZE", 224)
+    # k0, the level (log2 of the stride) that an s0 x s0 RoI is pooled from:
+    _set(_C.MODEL.ROI_HEADS, "CANONICAL_LEVEL", 4)
+
+    if was_frozen:
+        _C.freeze()
+    return _C
+
+
+def get_plugin_cfg() -> CN:
+    """Detectron2's default config with the plugin's keys added."""
+    return add_fpn_plugin_config(get_cfg())
+
+
+def detectron2_config_file(name: str) -> str:
+    """Path of one of Detectron2's built-in configs, e.g. ``"COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"``.
+
+    Unlike ``detectron2.model_zoo.get_config_file`` this does not import ``pkg_resources``
+    (gone from setuptools >= 81).
+    """
+    spec = importlib.util.find_spec("detectron2")
+    candidates = []
+    for root in spec.submodule_search_locations or []:
+        candidates.append(os.path.join(root, "model_zoo", "configs", name))
+        candidates.append(os.path.join(os.path.dirname(root), "configs", name))  # source checkout
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(
+        f"Detectron2's built-in config {name!r} was not found (looked in {candidates}). "
+        "Install Detectron2 from its source so its configs are included (see README.md)."
+    )

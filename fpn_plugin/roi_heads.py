@@ -1,0 +1,86 @@
+"""RoI heads that pool every RoI from the pyramid level given by Eqn. (1) of the paper.
+
+The box head (and the mask and keypoint heads, when enabled) are Detectron2's own and are shared
+by all levels (paper, Sec. 4.2); only the poolers are replaced by :class:`LevelMappingROIPooler`.
+"""
+from typing import Dict, List, Optional
+
+import torch
+
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
+from detectron2.structures import ImageList, Instances
+from detectron2.utils.events import get_event_storage, has_event_storage
+
+from .pooler import LevelMappingROIPooler
+
+__all__ = ["LevelMappingROIHeads"]
+
+# head name -> its config node; each node's POOLER_* keys configure that head's pooler.
+_HEADS = {"box": "ROI_BOX_HEAD", "mask": "ROI_MASK_HEAD", "keypoint": "ROI_KEYPOINT_HEAD"}
+
+
+@ROI_HEADS_REGISTRY.register()
+class LevelMappingROIHeads(StandardROIHeads):
+    """Detectron2's ``StandardROIHeads`` with level-mapping poolers.
+
+    Adds two things: in training, the fraction of box RoIs pooled from each level is written to
+    the event storage as ``roi_levels/p<k>``; in inference, each detection carries
+    ``pred_levels``, the level its RoI was pooled from.
+    """
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
+        missing = [f for f in in_features if f not in input_shape]
+        if missing:
+            raise ValueError(
+                f"MODEL.ROI_HEADS.IN_FEATURES names {missing}, which the backbone does not output; "
+                f"it outputs {list(input_shape)}. Use those names (P2-P5 for the paper's detector)."
+            )
+        # Build the poolers first, so bad pooler settings fail with our messages.
+        scales = [1.0 / input_shape[f].stride for f in in_features]
+        poolers = {}
+        for head, node in _HEADS.items():
+            head_cfg = cfg.MODEL[node]
+            if head == "box" or (head_cfg.POOLER_TYPE and cfg.MODEL[f"{head.upper()}_ON"]):
+                poolers[f"{head}_pooler"] = LevelMappingROIPooler(
+                    output_size=head_cfg.POOLER_RESOLUTION,
+                    scales=scales,
+                    sampling_ratio=head_cfg.POOLER_SAMPLING_RATIO,
+                    pooler_type=head_cfg.POOLER_TYPE,
+                    canonical_box_size=cfg.MODEL.ROI_HEADS.CANONICAL_BOX_SIZE,
+                    canonical_level=cfg.MODEL.ROI_HEADS.CANONICAL_LEVEL,
+                )
+        ret = super().from_config(cfg, input_shape)
+        ret.update(poolers)
+        return ret
+
+    def forward(
+        self,
+        images: ImageList,
+        features: Dict[str, torch.Tensor],
+        proposals: List[Instances],
+        targets: Optional[List[Instances]] = None,
+    ):
+        results = super().forward(images, features, proposals, targets)
+        levels = self.box_pooler.last_levels
+        if self.training and levels is not None and levels.numel() and has_event_storage():
+            storage = get_event_storage()
+            fractions = torch.bincount(levels - self.box_pooler.min_level, minlength=len(self.box_pooler.scales))
+            fractions = (fractions.float() / levels.numel()).tolist()
+            for k, frac in enumerate(fractions, start=self.box_pooler.min_level):
+                storage.put_scalar(f"roi_levels/p{k}", frac)
+        return results
+
+    def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
+        if self.training:
+            return super()._forward_box(features, proposals)
+        # Inference as in StandardROIHeads, keeping the proposal index of each detection
+        # to record which level it was pooled from.
+        box_features = self.box_pooler([features[f] for f in self.box_in_features], [x.proposal_boxes for x in proposals])
+        predictions = self.box_predictor(self.box_head(box_features))
+        pred_instances, kept = self.box_predictor.inference(predictions, proposals)
+        levels = self.box_pooler.last_levels.split([len(p) for p in proposals])
+        for inst, keep, lv in zip(pred_instances, kept, levels):
+            inst.pred_levels = lv[keep]
+        return pred_instances

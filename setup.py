@@ -1,0 +1,27 @@
+#!/usr/bin/env python
+"""fpn_plugin: Feature Pyramid Networks as Detectron2 components.
+
+Detectron2 itself is not on PyPI and is not listed here: install it first (README.md, "Install").
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="fpn_plugin",
+    version="0.1.0",
+    description="Feature Pyramid Networks (Lin et al. 2017) as registered Detectron2 components",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["fpn_plugin", "fpn_plugin.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "torch>=2.0",
+        "torchvision>=0.15",
+        "numpy",
+        "Pillow",
+        "matplotlib",
+        "pycocotools>=2.0.2",
+        "fvcore",
+        "tqdm",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+)

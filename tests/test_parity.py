@@ -1,0 +1,91 @@
+"""The plugin's R50-FPN is Detectron2's faster_rcnn_R_50_FPN_1x: same parameters, same outputs."""
+import torch
+
+from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
+from detectron2.modeling.poolers import ROIPooler
+
+from fpn_plugin import FPNNeck, LevelMappingROIHeads, LevelMappingROIPooler, SharedAnchorGenerator
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(1)
+    images = [torch.rand(3, 800, 1216, generator=g) * 255, torch.rand(3, 768, 1088, generator=g) * 255]
+    return [{"image": im, "height": im.shape[1], "width": im.shape[2]} for im in images]
+
+
+def _run(model, inputs):
+    with torch.no_grad():
+        images = model.preprocess_image(inputs)
+        features = model.backbone(images.tensor)
+        proposals, _ = model.proposal_generator(images, features, None)
+        detections, _ = model.roi_heads(images, features, proposals, None)
+    return features, proposals, detections
+
+
+def test_plugin_model_uses_plugin_components(r50_pair):
+    _, ours, _ = r50_pair
+    assert isinstance(ours.backbone, FPNNeck)
+    assert isinstance(ours.proposal_generator.anchor_generator, SharedAnchorGenerator)
+    assert isinstance(ours.roi_heads, LevelMappingROIHeads)
+    assert isinstance(ours.roi_heads.box_pooler, LevelMappingROIPooler)
+    # 15 anchor shapes: 3 ratios on each of P2..P6, one RPN head shared by all levels.
+    assert ours.proposal_generator.anchor_generator.num_anchors == [3] * 5
+    assert ours.backbone.output_shape().keys() == {"p2", "p3", "p4", "p5", "p6"}
+    assert [s.stride for s in ours.backbone.output_shape().values()] == [4, 8, 16, 32, 64]
+
+
+def test_detectron2_state_dict_loads_strictly(r50_pair):
+    ref, ours, result = r50_pair
+    assert not result.missing_keys and not result.unexpected_keys
+    assert set(ref.state_dict()) == set(ours.state_dict())
+    for (k1, v1), (k2, v2) in zip(ref.state_dict().items(), ours.state_dict().items()):
+        assert k1 == k2 and v1.shape == v2.shape
+
+
+def test_end_to_end_outputs_match_detectron2(r50_pair):
+    ref, ours, _ = r50_pair
+    inputs = _inputs()
+    f1, p1, d1 = _run(ref, inputs)
+    f2, p2, d2 = _run(ours, inputs)
+    assert f1.keys() == f2.keys()
+    for k in f1:
+        torch.testing.assert_close(f2[k], f1[k], rtol=1e-4, atol=1e-4)
+    for a, b in zip(p1, p2):
+        assert len(a) == len(b) == 1000  # a realistic proposal load
+        torch.testing.assert_close(b.proposal_boxes.tensor, a.proposal_boxes.tensor, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(b.objectness_logits, a.objectness_logits, rtol=1e-4, atol=1e-4)
+    for a, b in zip(d1, d2):
+        assert len(a) == len(b) > 0
+        torch.testing.assert_close(b.pred_boxes.tensor, a.pred_boxes.tensor, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(b.scores, a.scores, rtol=1e-4, atol=1e-4)
+        assert torch.equal(b.pred_classes, a.pred_classes)
+        assert b.pred_levels.min() >= 2 and b.pred_levels.max() <= 5
+
+
+def test_full_forward_matches_detectron2(r50_pair):
+    """GeneralizedRCNN.forward (with postprocessing to the original image size) agrees too."""
+    ref, ours, _ = r50_pair
+    inputs = _inputs()[:1]
+    inputs[0]["height"], inputs[0]["width"] = 480, 730  # rescaled output, as in evaluation
+    with torch.no_grad():
+        a = ref(inputs)[0]["instances"]
+        b = ours(inputs)[0]["instances"]
+    assert len(a) == len(b)
+    torch.testing.assert_close(b.pred_boxes.tensor, a.pred_boxes.tensor, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(b.scores, a.scores, rtol=1e-4, atol=1e-4)
+    assert torch.equal(b.pred_classes, a.pred_classes)
+
+
+def test_components_are_built_like_detectron2s(r50_pair):
+    """The plugin's anchor generator and pooler were built with the same settings as Detectron2's."""
+    ref, ours, _ = r50_pair
+    a_ref, a_ours = ref.proposal_generator.anchor_generator, ours.proposal_generator.anchor_generator
+    assert isinstance(a_ref, DefaultAnchorGenerator)
+    assert a_ours.strides == a_ref.strides and a_ours.offset == a_ref.offset
+    for x, y in zip(a_ours.cell_anchors, a_ref.cell_anchors):
+        assert torch.equal(x, y)
+    p_ref, p_ours = ref.roi_heads.box_pooler, ours.roi_heads.box_pooler
+    assert isinstance(p_ref, ROIPooler)
+    assert (p_ours.min_level, p_ours.max_level) == (p_ref.min_level, p_ref.max_level)
+    assert p_ours.output_size == tuple(p_ref.output_size)
+    assert (p_ours.canonical_box_size, p_ours.canonical_level) == (p_ref.canonical_box_size, p_ref.canonical_level)
