@@ -19,6 +19,8 @@ setup(
         "numpy",
         "Pillow",
         "matplotlib",
+        # Detectron2's Visualizer imports cv2; the headless build has no GUI dependencies.
+        "opencv-python-headless>=4.10",
         "pycocotools>=2.0.2",
         "fvcore",
         "tqdm",

@@ -13,6 +13,7 @@ from ._requirements import check_detectron2
 check_detectron2()
 
 from .config import add_fpn_plugin_config, get_plugin_cfg  # noqa: E402
+from .bottom_up import build_basic_resnet_backbone  # noqa: E402
 from .neck import FPNNeck, LastLevelP6P7, LastLevelSubsample, build_fpn_neck_backbone  # noqa: E402
 from .anchors import SharedAnchorGenerator  # noqa: E402
 from .pooler import LevelMappingROIPooler, assign_boxes_to_levels  # noqa: E402
@@ -25,6 +26,7 @@ __all__ = [
     "LastLevelSubsample",
     "LastLevelP6P7",
     "build_fpn_neck_backbone",
+    "build_basic_resnet_backbone",
     "SharedAnchorGenerator",
     "LevelMappingROIPooler",
     "assign_boxes_to_levels",

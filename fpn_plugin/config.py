@@ -42,6 +42,10 @@ def add_fpn_plugin_config(cfg: CN) -> CN:
     # FINEST_ONLY=True: the full pyramid is built but only the finest map (P2) is output (row d).
     _set(_C.MODEL.FPN, "FINEST_ONLY", False)
 
+    # --- Narrow BasicBlock ResNet ("build_basic_resnet_backbone", fpn_plugin/bottom_up.py) ---
+    # Blocks in res2..res5; its widths are MODEL.RESNETS.STEM_OUT_CHANNELS and RES2_OUT_CHANNELS.
+    _set(_C.MODEL.RESNETS, "BLOCKS_PER_STAGE", [2, 2, 2, 2])
+
     # --- Anchors (MODEL.ANCHOR_GENERATOR) ----------------------------------------------------
     # Anchor scales per octave: each size s becomes s * 2**(i / n), i = 0..n-1 (RetinaNet: 3).
     _set(_C.MODEL.ANCHOR_GENERATOR, "SCALES_PER_OCTAVE", 1)
@@ -55,6 +59,20 @@ def add_fpn_plugin_config(cfg: CN) -> CN:
     _set(_C.MODEL.ROI_HEADS, "CANONICAL_BOX_SIZE", 224)
     # k0, the level (log2 of the stride) that an s0 x s0 RoI is pooled from:
     _set(_C.MODEL.ROI_HEADS, "CANONICAL_LEVEL", 4)
+
+    # --- The embedded synthetic dataset (fpn_plugin/data.py) ---------------------------------
+    # "fpn_shapes_train"/"fpn_shapes_val" are generated on first use with these settings.
+    if "FPN_SHAPES" not in _C.DATASETS:
+        _C.DATASETS.FPN_SHAPES = CN()
+    # Cache folder; "" for $FPN_PLUGIN_DATA, else ~/.cache/fpn_plugin.
+    _set(_C.DATASETS.FPN_SHAPES, "ROOT", "")
+    # Number of training and validation images.
+    _set(_C.DATASETS.FPN_SHAPES, "NUM_TRAIN", 1000)
+    _set(_C.DATASETS.FPN_SHAPES, "NUM_VAL", 100)
+    # Image width and height, pixels (object sizes span 8..400 px at 512).
+    _set(_C.DATASETS.FPN_SHAPES, "IMAGE_SIZE", 512)
+    # Random seed of the training split (validation uses SEED + 1).
+    _set(_C.DATASETS.FPN_SHAPES, "SEED", 0)
 
     if was_frozen:
         _C.freeze()

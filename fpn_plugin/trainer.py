@@ -1,0 +1,85 @@
+"""Detectron2's ``DefaultTrainer`` for the plugin's detectors: COCO evaluation, checked data, CPU multi-process."""
+import logging
+import os
+import weakref
+
+from tqdm import tqdm
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, create_ddp_model
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from .mapper import CheckedDatasetMapper
+
+__all__ = ["FPNTrainer"]
+
+
+class _Progress:
+    """A data loader shown with a progress bar on the main process (Detectron2 iterates it with ``len``)."""
+
+    def __init__(self, loader, desc: str):
+        self.loader, self.desc = loader, desc
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        return iter(tqdm(self.loader, desc=self.desc, total=len(self.loader), disable=not comm.is_main_process(), mininterval=2.0))
+
+
+class FPNTrainer(DefaultTrainer):
+    """``DefaultTrainer`` with COCO evaluation and :class:`CheckedDatasetMapper`.
+
+    Unlike Detectron2's, it also runs several processes on CPU (``--num-gpus 2`` without GPUs:
+    gloo backend, DistributedDataParallel without device ids), and a non-finite loss stops
+    training with advice and the path of the last (intact) checkpoint.
+    """
+
+    def __init__(self, cfg):
+        # Detectron2's DefaultTrainer.__init__, but with a DDP wrapper that also works for CPU models.
+        super(DefaultTrainer, self).__init__()
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        on_gpu = next(model.parameters()).device.type == "cuda"
+        ddp_args = {} if on_gpu else {"device_ids": None}
+        model = create_ddp_model(model, broadcast_buffers=False, **ddp_args)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+        return COCOEvaluator(dataset_name, output_dir=output_folder)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=CheckedDatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        loader = build_detection_test_loader(cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, is_train=False))
+        return _Progress(loader, f"evaluating on {dataset_name}")
+
+    def train(self):
+        try:
+            return super().train()
+        except FloatingPointError as e:
+            last = self.checkpointer.get_checkpoint_file() if self.checkpointer.has_checkpoint() else None
+            raise FloatingPointError(
+                f"{e}\nTraining stopped before the optimizer step, so no weight was changed by this loss. "
+                f"The last checkpoint on disk is intact: {last or 'none saved yet'}. "
+                "Lower SOLVER.BASE_LR or raise SOLVER.WARMUP_ITERS, check the data, then continue with --resume."
+            ) from e
+
