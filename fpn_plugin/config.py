@@ -41,6 +41,9 @@ def add_fpn_plugin_config(cfg: CN) -> CN:
     _set(_C.MODEL.FPN, "LATERAL", True)
     # FINEST_ONLY=True: the full pyramid is built but only the finest map (P2) is output (row d).
     _set(_C.MODEL.FPN, "FINEST_ONLY", False)
+    # Run the bottom-up network and the neck in channels-last (NHWC) memory layout: faster
+    # convolutions, same parameters, outputs equal to float rounding.
+    _set(_C.MODEL.FPN, "CHANNELS_LAST", False)
 
     # --- Narrow BasicBlock ResNet ("build_basic_resnet_backbone", fpn_plugin/bottom_up.py) ---
     # Blocks in res2..res5; its widths are MODEL.RESNETS.STEM_OUT_CHANNELS and RES2_OUT_CHANNELS.

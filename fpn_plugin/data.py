@@ -4,7 +4,8 @@
 detector can be trained and evaluated on a CPU within minutes. Every image (``image_size`` x
 ``image_size`` pixels, RGB JPEG) holds 2 to 8 solid, non-overlapping shapes of four classes,
 :data:`SHAPE_CLASSES` = ("circle", "square", "triangle", "cross"), each in a random saturated colour
-(independent of the class), squares, triangles and crosses at a random rotation. The background is a
+from its class's hue band (red, yellow-green, cyan, violet: tiny shapes are blobs, colour keeps their
+class tellable), squares, triangles and crosses at a random rotation. The background is a
 smooth random colour field plus mild Gaussian noise, so objects cannot be found by thresholding
 one colour.
 
@@ -71,7 +72,7 @@ SHAPES_TRAIN = "fpn_shapes_train"
 SHAPES_VAL = "fpn_shapes_val"
 
 # Bump when the generator's output changes for the same parameters: cached datasets get rebuilt.
-_GENERATOR_VERSION = 1
+_GENERATOR_VERSION = 2
 _GENERATOR = "fpn_plugin.data.generate_shapes_dataset"
 _ANNOTATIONS = "annotations.json"
 _IMAGES = "images"
@@ -138,14 +139,31 @@ def _polygon_area(poly: np.ndarray) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
-def _random_color(rng: np.random.Generator, saturation: Tuple[float, float], value: Tuple[float, float]) -> np.ndarray:
-    """An RGB colour (3,) float in [0, 255] with uniform hue and saturation / value in the given ranges."""
-    hue = rng.uniform(0.0, 6.0)
+def _random_color(
+    rng: np.random.Generator,
+    saturation: Tuple[float, float],
+    value: Tuple[float, float],
+    hue: Tuple[float, float] = (0.0, 6.0),
+) -> np.ndarray:
+    """An RGB colour (3,) float in [0, 255] with hue (in [0, 6), 6 = 360 degrees), saturation and value
+    uniform in the given ranges."""
+    hue = rng.uniform(*hue) % 6.0
     sat, val = rng.uniform(*saturation), rng.uniform(*value)
     chroma = val * sat
     x = chroma * (1 - abs(hue % 2 - 1))
     rgb = [(chroma, x, 0), (x, chroma, 0), (0, chroma, x), (0, x, chroma), (x, 0, chroma), (chroma, 0, x)][int(hue) % 6]
     return (np.array(rgb) + (val - chroma)) * 255.0
+
+
+def _class_hues(class_id: int) -> Tuple[float, float]:
+    """Hue band of a class's colours: 4 bands 90 degrees apart, each 36 degrees wide.
+
+    Below ~16 px a rotated square, a triangle, a cross and a circle are the same blob; a hue band
+    per class keeps the classes tellable apart at every size, so AP measures detection at every
+    pyramid level rather than the impossibility of classifying 8 px shapes.
+    """
+    centre = 1.5 * class_id
+    return centre - 0.3, centre + 0.3
 
 
 # ------------------------------------------------------------------------------------------------
@@ -230,7 +248,7 @@ def _make_image(
         # The most contrasting of up to 10 colours, stopping at the first that contrasts enough.
         best, best_contrast = None, -1.0
         for _ in range(10):
-            color = _random_color(rng, (0.55, 1.0), (0.55, 1.0)).round()
+            color = _random_color(rng, (0.55, 1.0), (0.55, 1.0), _class_hues(class_id)).round()
             contrast = float(np.linalg.norm(color - under))
             if contrast > best_contrast:
                 best, best_contrast = color, contrast

@@ -87,6 +87,7 @@ class FPNNeck(Backbone):
         top_down: bool = True,
         lateral: bool = True,
         finest_only: bool = False,
+        channels_last: bool = False,
     ):
         """
         Args:
@@ -105,6 +106,9 @@ class FPNNeck(Backbone):
             lateral: False removes the 1x1 lateral connections below the coarsest level:
                 P_k = conv3x3(upsample(M_{k+1})) (Table 3, row c).
             finest_only: True outputs only the finest level (Table 3, row d); ``top_block`` must be None.
+            channels_last: run the bottom-up network and the neck in channels-last (NHWC) memory
+                layout, which CPU and GPU convolutions run faster; same arithmetic, same parameter
+                names and values (``MODEL.FPN.CHANNELS_LAST``). The outputs are channels-last too.
         """
         super().__init__()
         if not isinstance(bottom_up, Backbone):
@@ -183,6 +187,11 @@ class FPNNeck(Backbone):
         self._upsample = upsample
         self._top_down = top_down
         self._square_pad = square_pad
+        self._channels_last = channels_last
+        if channels_last:
+            # Weights in NHWC order once here, so convolutions do not reorder them at every call;
+            # load_state_dict copies values into these tensors and keeps their layout.
+            self.to(memory_format=torch.channels_last)
         # Images are padded to a multiple of the coarsest input stride so that every top-down
         # x2 upsampling lands exactly on the finer grid.
         self._size_divisibility = strides[-1]
@@ -222,6 +231,7 @@ class FPNNeck(Backbone):
             "top_down": cfg.MODEL.FPN.TOP_DOWN,
             "lateral": cfg.MODEL.FPN.LATERAL,
             "finest_only": finest_only,
+            "channels_last": cfg.MODEL.FPN.CHANNELS_LAST,
         }
 
     @property
@@ -239,6 +249,8 @@ class FPNNeck(Backbone):
         Returns:
             dict "p<k>" -> (N, out_channels, H / 2**k, W / 2**k), finest first.
         """
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         bottom_up_features = self.bottom_up(x)
         results: List[torch.Tensor] = []  # coarsest first while building
         merged: Optional[torch.Tensor] = None

@@ -19,39 +19,60 @@ import torch.nn.functional as F
 __all__ = ["multilevel_roi_align"]
 
 
-def _axis_samples(
-    start: torch.Tensor, size: torch.Tensor, grid: int, pooled: int, length: torch.Tensor
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Bilinear taps along one axis for RoIs that share the same number of samples per bin.
+def _axis_taps(
+    start: torch.Tensor, size: torch.Tensor, grid: torch.Tensor, pooled: int, length: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per RoI and bin along one axis: the pixel window the bin's samples read, and its weights.
+
+    RoIAlign's bilinear interpolation is separable, so a bin's 2-D taps are the outer product of
+    its taps along y and along x. Along one axis, the ``grid`` samples of a bin read pixels
+    ``low`` and ``low + 1`` each; the weights that land on the same pixel are summed, so a bin
+    reads a window of K consecutive pixels (K <= grid + 1 for adaptive sampling) instead of
+    2 * grid taps.
 
     Args:
-        start, size: (R,) RoI start and extent on this axis, in feature-map pixels.
-        grid: samples per bin on this axis.
+        start, size: (R,) RoI start and extent on this axis, feature-map pixels.
+        grid: (R,) int64 samples per bin on this axis (<= 0: the RoI has no samples).
         pooled: bins on this axis.
-        length: (R,) feature-map extent (H or W) of each RoI's level.
+        length: (R,) int64 extent (H or W) of each RoI's feature map.
     Returns:
-        index (R, pooled, grid, 2) int64 pixel indices (low, high) and
-        weight (R, pooled, grid, 2) their interpolation weights (0 for samples off the map).
+        first (R, pooled) int64 first pixel of each bin's window;
+        weight (R, pooled, K) summed interpolation weights of the window's pixels (0 off the map);
+        width (R,) int64 K needed by each RoI (the largest over its bins; >= 1).
     """
-    dtype = start.dtype
+    dtype, device = start.dtype, start.device
+    gmax = max(int(grid.max()), 1)
+    i = torch.arange(gmax, device=device)
+    valid = i[None, None, :] < grid[:, None, None]  # (R, 1, G)
+    g = grid.clamp(min=1).to(dtype)[:, None, None]
     bin_size = (size / pooled)[:, None, None]
-    p = torch.arange(pooled, dtype=dtype, device=start.device)[None, :, None]
-    g = torch.arange(grid, dtype=dtype, device=start.device)[None, None, :]
-    # Same expression order as torchvision's kernel: start + p * bin + (g + .5) * bin / grid.
-    pos = start[:, None, None] + p * bin_size + (g + 0.5) * bin_size / grid
-    length = length[:, None, None].to(dtype)
-    inside = (pos >= -1.0) & (pos <= length)
+    p = torch.arange(pooled, dtype=dtype, device=device)[None, :, None]
+    # torchvision's expression order: start + p * bin + (i + .5) * bin / grid.
+    pos = start[:, None, None] + p * bin_size + (i.to(dtype) + 0.5)[None, None, :] * bin_size / g
+    extent = length[:, None, None].to(dtype)
+    inside = valid & (pos >= -1.0) & (pos <= extent)
     pos = pos.clamp(min=0)
     low = pos.floor()
-    last = length - 1
+    last = extent - 1
     at_edge = low >= last
     low = torch.where(at_edge, last, low)
-    high = torch.where(at_edge, last, low + 1)
-    pos = torch.where(at_edge, last, pos)
-    frac = pos - low
-    weight = torch.stack((1 - frac, frac), dim=-1) * inside[..., None]
-    index = torch.stack((low, high), dim=-1).long()
-    return index, weight
+    frac = torch.where(at_edge, torch.zeros_like(pos), pos - low)
+    low = low.long()
+    high = torch.where(at_edge, low, low + 1)
+    w_low, w_high = (1 - frac) * inside, frac * inside
+    # Window: from the smallest to the largest pixel any valid sample reads.
+    far = torch.iinfo(torch.int64).max
+    first = torch.where(inside, low, far).amin(dim=2)
+    first = torch.where(first == far, torch.zeros_like(first), first)
+    last_px = torch.where(inside, high, -1).amax(dim=2)
+    width = (last_px - first + 1).amax(dim=1).clamp(min=1)
+    kmax = int(width.max())
+    weight = torch.zeros(start.shape[0], pooled, kmax + 1, dtype=dtype, device=device)
+    # Taps of invalid samples (weight 0) go to the spare last slot, dropped below.
+    off_low = torch.where(inside, low - first[..., None], kmax)
+    off_high = torch.where(inside, high - first[..., None], kmax)
+    weight.scatter_add_(2, torch.cat([off_low, off_high], 2), torch.cat([w_low, w_high], 2))
+    return first, weight[..., :kmax], width
 
 
 def multilevel_roi_align(
@@ -85,9 +106,15 @@ def multilevel_roi_align(
         return features[0].new_zeros((0, num_channels, ph, pw))
 
     # Table of all pixels of all levels, channels last: row = level_base + (n * H + y) * W + x.
-    table = torch.cat([f.permute(0, 2, 3, 1).reshape(-1, num_channels) for f in features])
+    # One copy per level (none of the permute's own).
+    rows_per_level = [f.shape[0] * f.shape[2] * f.shape[3] for f in features]
+    table = features[0].new_empty((sum(rows_per_level), num_channels))
+    begin = 0
+    for f, rows in zip(features, rows_per_level):
+        table[begin : begin + rows].view(f.shape[0], f.shape[2], f.shape[3], num_channels).copy_(f.permute(0, 2, 3, 1))
+        begin += rows
     sizes = torch.tensor([[f.shape[2], f.shape[3]] for f in features], device=device)
-    bases = torch.tensor([0] + [f.shape[0] * f.shape[2] * f.shape[3] for f in features], device=device).cumsum(0)
+    bases = torch.tensor([0] + rows_per_level[:-1], device=device).cumsum(0)
 
     # Coordinates in the feature dtype, as torchvision does (float32 for half inputs).
     cdtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
@@ -107,43 +134,40 @@ def multilevel_roi_align(
     else:
         grid_h = torch.ceil(h / ph).long()
         grid_w = torch.ceil(w / pw).long()
-    height, width = sizes[levels, 0], sizes[levels, 1]
-    row_base = bases[levels] + rois[:, 0].long() * height * width
-
-    # Group RoIs by their (grid_h, grid_w) so each group is a dense, regular computation.
     # RoIs with no sample (zero or negative size with adaptive sampling) pool to 0, as in torchvision.
     has_samples = (grid_h > 0) & (grid_w > 0)
-    key = torch.where(has_samples, grid_h * 4096 + grid_w, -1)
+    grid_h = torch.where(has_samples, grid_h, 0)
+    grid_w = torch.where(has_samples, grid_w, 0)
+    count = (grid_h * grid_w).clamp(min=1).to(cdtype)
+    height, width = sizes[levels, 0], sizes[levels, 1]
+    first_y, wy, ky = _axis_taps(y0, h, grid_h, ph, height)
+    first_x, wx, kx = _axis_taps(x0, w, grid_w, pw, width)
+    wy = wy / count[:, None, None]
+    row_base = bases[levels] + rois[:, 0].long() * height * width
+
+    # Every RoI's 2-D taps are the outer product of its y and x windows: ky * kx per bin. RoIs
+    # with the same (ky, kx) are computed together as dense tensors, in that (sorted) order.
+    key = ky * 4096 + kx
     order = torch.argsort(key, stable=True)
-    uniq, counts = torch.unique_consecutive(key[order], return_counts=True)
-    indices, weights, bag_sizes, pooled_rois = [], [], [], []
-    start = 0
-    for k, n in zip(uniq.tolist(), counts.tolist()):
-        sel = order[start : start + n]
-        start += n
-        if k < 0:
-            continue
-        gh, gw = divmod(k, 4096)
-        iy, wy = _axis_samples(y0[sel], h[sel], gh, ph, height[sel])  # (n, PH, gh, 2)
-        ix, wx = _axis_samples(x0[sel], w[sel], gw, pw, width[sel])  # (n, PW, gw, 2)
-        # Every (y tap, x tap) pair of a bin: (n, PH, PW, gh*2 * gw*2).
-        rows = row_base[sel].view(n, 1, 1, 1) + iy.reshape(n, ph, 1, -1) * width[sel].view(n, 1, 1, 1)
-        idx = rows[..., :, None] + ix.reshape(n, 1, pw, 1, -1)
-        wgt = wy.reshape(n, ph, 1, -1, 1) * wx.reshape(n, 1, pw, 1, -1) / (gh * gw)
-        indices.append(idx.reshape(-1))
-        weights.append(wgt.reshape(-1))
-        bag_sizes.append(torch.full((n * ph * pw,), 4 * gh * gw, dtype=torch.long, device=device))
-        pooled_rois.append(sel)
-    if not pooled_rois:
-        return features[0].new_zeros((num_rois, num_channels, ph, pw))
+    keys, counts = torch.unique_consecutive(key[order], return_counts=True)
+    indices, weights, bag_sizes = [], [], []
+    begin = 0
+    for k, n in zip(keys.tolist(), counts.tolist()):
+        sel = order[begin : begin + n]
+        begin += n
+        gy, gx = divmod(k, 4096)
+        ys = (first_y[sel, :, None] + torch.arange(gy, device=device)).clamp(max=height[sel, None, None] - 1)
+        xs = (first_x[sel, :, None] + torch.arange(gx, device=device)).clamp(max=width[sel, None, None] - 1)
+        rows = row_base[sel, None, None] + ys * width[sel, None, None]  # (n, PH, gy)
+        indices.append((rows[:, :, None, :, None] + xs[:, None, :, None, :]).reshape(-1))  # (n, PH, PW, gy, gx)
+        weights.append((wy[sel, :, None, :gy, None] * wx[sel, None, :, None, :gx]).reshape(-1))
+        bag_sizes.append(torch.full((n * ph * pw,), gy * gx, dtype=torch.long, device=device))
     bag_sizes = torch.cat(bag_sizes)
-    offsets = torch.cumsum(bag_sizes, 0) - bag_sizes
     pooled = F.embedding_bag(
-        torch.cat(indices), table, offsets, mode="sum", per_sample_weights=torch.cat(weights).to(table.dtype)
-    ).view(-1, ph, pw, num_channels)
-    if len(pooled_rois) == 1 and pooled.shape[0] == num_rois:
-        out = pooled  # one group holding every RoI: already in the input order (stable argsort)
-    else:
-        out = pooled.new_zeros((num_rois, ph, pw, num_channels)).index_copy(0, torch.cat(pooled_rois), pooled)
-    # (M, PH, PW, C) -> (M, C, PH, PW): a channels-last view, no copy.
-    return out.permute(0, 3, 1, 2)
+        torch.cat(indices), table, torch.cumsum(bag_sizes, 0) - bag_sizes, mode="sum",
+        per_sample_weights=torch.cat(weights).to(table.dtype),
+    )
+    # Back to RoI order and to (M, C, PH, PW), in one pass.
+    pooled = pooled.view(num_rois, ph, pw, num_channels).permute(0, 3, 1, 2)
+    out = pooled.new_empty((num_rois, num_channels, ph, pw))
+    return out.index_put((order,), pooled)

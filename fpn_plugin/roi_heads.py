@@ -63,7 +63,7 @@ class LevelMappingROIHeads(StandardROIHeads):
         targets: Optional[List[Instances]] = None,
     ):
         results = super().forward(images, features, proposals, targets)
-        levels = self.box_pooler.last_levels
+        levels = getattr(self.box_pooler, "last_levels", None)  # None for a pooler passed in by hand
         if self.training and levels is not None and levels.numel() and has_event_storage():
             storage = get_event_storage()
             fractions = torch.bincount(levels - self.box_pooler.min_level, minlength=len(self.box_pooler.scales))
@@ -80,7 +80,8 @@ class LevelMappingROIHeads(StandardROIHeads):
         box_features = self.box_pooler([features[f] for f in self.box_in_features], [x.proposal_boxes for x in proposals])
         predictions = self.box_predictor(self.box_head(box_features))
         pred_instances, kept = self.box_predictor.inference(predictions, proposals)
-        levels = self.box_pooler.last_levels.split([len(p) for p in proposals])
-        for inst, keep, lv in zip(pred_instances, kept, levels):
-            inst.pred_levels = lv[keep]
+        levels = getattr(self.box_pooler, "last_levels", None)
+        if levels is not None:
+            for inst, keep, lv in zip(pred_instances, kept, levels.split([len(p) for p in proposals])):
+                inst.pred_levels = lv[keep]
         return pred_instances

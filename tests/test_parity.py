@@ -89,3 +89,27 @@ def test_components_are_built_like_detectron2s(r50_pair):
     assert (p_ours.min_level, p_ours.max_level) == (p_ref.min_level, p_ref.max_level)
     assert p_ours.output_size == tuple(p_ref.output_size)
     assert (p_ours.canonical_box_size, p_ours.canonical_level) == (p_ref.canonical_box_size, p_ref.canonical_level)
+
+
+def test_channels_last_fast_path_keeps_outputs(r50_pair):
+    """MODEL.FPN.CHANNELS_LAST runs the bottom-up and the neck in NHWC: same parameters, same outputs."""
+    from detectron2.modeling import build_model
+
+    from tests.conftest import plugin_cfg
+
+    ref, ours, _ = r50_pair
+    cfg = plugin_cfg()
+    cfg.MODEL.FPN.CHANNELS_LAST = True
+    fast = build_model(cfg).eval()
+    fast.load_state_dict(ref.state_dict(), strict=True)
+    assert fast.backbone.fpn_output2.weight.is_contiguous(memory_format=torch.channels_last)
+    inputs = _inputs()[:1]
+    f1, p1, d1 = _run(ours, inputs)
+    f2, p2, d2 = _run(fast, inputs)
+    assert f2["p2"].is_contiguous(memory_format=torch.channels_last)
+    for k in f1:
+        torch.testing.assert_close(f2[k], f1[k], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(p2[0].proposal_boxes.tensor, p1[0].proposal_boxes.tensor, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(d2[0].pred_boxes.tensor, d1[0].pred_boxes.tensor, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(d2[0].scores, d1[0].scores, rtol=1e-4, atol=1e-4)
+    assert torch.equal(d2[0].pred_classes, d1[0].pred_classes)

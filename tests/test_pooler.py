@@ -8,7 +8,7 @@ from detectron2.structures import Boxes
 
 from fpn_plugin import LevelMappingROIPooler, assign_boxes_to_levels
 from fpn_plugin.roi_align import multilevel_roi_align
-from tests.conftest import random_boxes
+from fpn_plugin.workload import random_boxes
 
 SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
 

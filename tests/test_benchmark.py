@@ -1,0 +1,51 @@
+"""Smoke test of tools/benchmark.py: a tiny run (small images, one repetition) as a subprocess.
+
+It checks that the tool runs and writes sensible figures; it never asserts speed.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARK = os.path.join(REPO, "tools", "benchmark.py")
+
+
+def test_benchmark_tiny_run_writes_json(tmp_path):
+    out = tmp_path / "out.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(
+        [sys.executable, BENCHMARK, "--reps", "1", "--warmup", "0", "--threads", "1", "--size", "256x320",
+         "--num-rois", "300", "--train-rois", "128", "--only", "anchors,pooler", "--json", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, f"exit code {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "| measurement | fpn_plugin | Detectron2 | ratio |" in proc.stdout
+
+    data = json.loads(out.read_text())
+    env_info = data["environment"]
+    for key in ("torch", "torchvision", "detectron2", "device", "threads", "image_sizes"):
+        assert key in env_info
+    assert env_info["device"] == "cpu" and env_info["threads"] == 1
+    assert env_info["image_sizes"] == [[256, 320], [256, 320]]
+
+    measurements = data["measurements"]
+    assert set(measurements) == {"anchors", "pooler_test", "pooler_train"}
+    for name, m in measurements.items():
+        for key in ("ours", "detectron2", "ratio", "unit", "reps"):
+            assert key in m, (name, key)
+        assert m["unit"] == "s" and m["reps"] == 1
+        for key in ("ours", "detectron2", "ratio"):
+            assert isinstance(m[key], float) and math.isfinite(m[key]) and m[key] > 0, (name, key, m[key])
+    assert measurements["pooler_test"]["rois_per_image"] == 300
+    assert measurements["pooler_train"]["rois_per_image"] == 128
+
+    # The two poolers agree. Random-weight R50 features reach thousands, where float32 rounding
+    # alone is ~1e-3 in absolute terms, so agreement is measured relative to the largest value.
+    checks = data["checks"]
+    assert 0 <= checks["pooler_max_rel_diff"] < 1e-3
+    assert checks["pooler_max_abs_diff"] <= 1e-3 * checks["pooler_max_abs_value"]
+    # The scaled random heads give a realistic proposal load.
+    for counts in data["proposal_counts"].values():
+        assert counts and min(counts) >= 300
