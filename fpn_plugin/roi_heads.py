@@ -69,7 +69,8 @@ class LevelMappingROIHeads(StandardROIHeads):
             fractions = torch.bincount(levels - self.box_pooler.min_level, minlength=len(self.box_pooler.scales))
             fractions = (fractions.float() / levels.numel()).tolist()
             for k, frac in enumerate(fractions, start=self.box_pooler.min_level):
-                storage.put_scalar(f"roi_levels/p{k}", frac)
+                # No median smoothing: the logged fractions are one iteration's, and sum to 1.
+                storage.put_scalar(f"roi_levels/p{k}", frac, smoothing_hint=False)
         return results
 
     def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
