@@ -1,7 +1,6 @@
 """CheckedDatasetMapper and data loading: bad images, bad boxes, empty images, image modes."""
 import json
 import logging
-import os
 
 import numpy as np
 import pytest

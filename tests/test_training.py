@@ -10,7 +10,6 @@ import time
 import pytest
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from fpn_plugin import get_plugin_cfg
