@@ -42,7 +42,8 @@ def add_fpn_plugin_config(cfg: CN) -> CN:
     # FINEST_ONLY=True: the full pyramid is built but only the finest map (P2) is output (row d).
     _set(_C.MODEL.FPN, "FINEST_ONLY", False)
     # Run the bottom-up network and the neck in channels-last (NHWC) memory layout: faster
-    # convolutions, same parameters, outputs equal to float rounding.
+    # convolutions, same parameters; features equal to float rounding, but near-tied proposals
+    # may swap places in the ranking, so it is off by default.
     _set(_C.MODEL.FPN, "CHANNELS_LAST", False)
 
     # --- Narrow BasicBlock ResNet ("build_basic_resnet_backbone", fpn_plugin/bottom_up.py) ---

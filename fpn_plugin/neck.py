@@ -107,8 +107,9 @@ class FPNNeck(Backbone):
                 P_k = conv3x3(upsample(M_{k+1})) (Table 3, row c).
             finest_only: True outputs only the finest level (Table 3, row d); ``top_block`` must be None.
             channels_last: run the bottom-up network and the neck in channels-last (NHWC) memory
-                layout, which CPU and GPU convolutions run faster; same arithmetic, same parameter
-                names and values (``MODEL.FPN.CHANNELS_LAST``). The outputs are channels-last too.
+                layout, which CPU and GPU convolutions run faster; same parameter names and values,
+                features equal to float rounding (NHWC convolutions sum in another order)
+                (``MODEL.FPN.CHANNELS_LAST``). The outputs are channels-last too.
         """
         super().__init__()
         if not isinstance(bottom_up, Backbone):

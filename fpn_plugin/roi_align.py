@@ -5,7 +5,9 @@ sample is a weighted sum of 4 pixels. So each output bin (one RoI, one bin, all 
 weighted sum of rows of the feature table ``(sum_l N * H_l * W_l, C)`` (channels-last, all levels
 stacked) -- exactly what ``torch.nn.functional.embedding_bag(mode="sum", per_sample_weights=...)``
 computes, vectorised over channels, multi-threaded, and differentiable w.r.t. the table.
-One call pools every RoI from its own level, so there is no per-level loop and no scatter.
+One call pools every RoI from its own level, so there is no per-level loop; bilinear taps that
+land on the same pixel are merged first (RoIAlign is separable along y and x), and one final
+index_put puts the RoIs back in input order.
 
 Sampling positions, weights and border rules reproduce ``torchvision.ops.roi_align`` (which
 Detectron2's ``ROIAlign`` calls), for ``aligned`` True (ROIAlignV2) and False, fixed and adaptive
