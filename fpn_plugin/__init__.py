@@ -2,7 +2,8 @@
 
 ``import fpn_plugin`` registers, in Detectron2's registries:
 
-- ``BACKBONE_REGISTRY``: ``build_fpn_neck_backbone`` (a bottom-up network + :class:`FPNNeck`)
+- ``BACKBONE_REGISTRY``: ``build_fpn_neck_backbone`` (a bottom-up network + :class:`FPNNeck`) and
+  ``build_pafpn_neck_backbone`` (+ :class:`PathAggregationNeck`: PAFPN, or BiFPN-style weighted fusion)
 - ``ANCHOR_GENERATOR_REGISTRY``: ``SharedAnchorGenerator``
 - ``ROI_HEADS_REGISTRY``: ``LevelMappingROIHeads`` (pooling through :class:`LevelMappingROIPooler`)
 
@@ -15,6 +16,8 @@ check_detectron2()
 from .config import add_fpn_plugin_config, get_plugin_cfg  # noqa: E402
 from .bottom_up import build_basic_resnet_backbone  # noqa: E402
 from .neck import FPNNeck, LastLevelP6P7, LastLevelSubsample, build_fpn_neck_backbone  # noqa: E402
+from .path_aggregation import PathAggregationNeck, build_pafpn_neck_backbone  # noqa: E402
+from .weighted_fusion import FastNormalizedFusion  # noqa: E402
 from .anchors import SharedAnchorGenerator  # noqa: E402
 from .pooler import LevelMappingROIPooler, assign_boxes_to_levels  # noqa: E402
 from .roi_heads import LevelMappingROIHeads  # noqa: E402
@@ -27,6 +30,9 @@ __all__ = [
     "LastLevelP6P7",
     "build_fpn_neck_backbone",
     "build_basic_resnet_backbone",
+    "PathAggregationNeck",
+    "build_pafpn_neck_backbone",
+    "FastNormalizedFusion",
     "SharedAnchorGenerator",
     "LevelMappingROIPooler",
     "assign_boxes_to_levels",

@@ -45,6 +45,12 @@ def add_fpn_plugin_config(cfg: CN) -> CN:
     # convolutions, same parameters; features equal to float rounding, but near-tied proposals
     # may swap places in the ranking, so it is off by default.
     _set(_C.MODEL.FPN, "CHANNELS_LAST", False)
+    # Read by the "build_pafpn_neck_backbone" neck only (fpn_plugin/path_aggregation.py), which
+    # also accepts MODEL.FPN.FUSE_TYPE "weighted" (EfficientDet's fast normalized fusion, BiFPN-style).
+    # PATH_AUGMENTATION: PANet's bottom-up path N_{k+1} = conv3x3(conv3x3_s2(N_k) + P_{k+1}) after the FPN.
+    _set(_C.MODEL.FPN, "PATH_AUGMENTATION", True)
+    # eps of the weighted fusion O = sum_i w_i I_i / (eps + sum_j w_j) (EfficientDet: 1e-4).
+    _set(_C.MODEL.FPN, "FUSION_EPS", 1e-4)
 
     # --- Narrow BasicBlock ResNet ("build_basic_resnet_backbone", fpn_plugin/bottom_up.py) ---
     # Blocks in res2..res5; its widths are MODEL.RESNETS.STEM_OUT_CHANNELS and RES2_OUT_CHANNELS.

@@ -265,14 +265,12 @@ class FPNNeck(Backbone):
                 top_down = F.interpolate(merged, size=c.shape[-2:], mode=self._upsample)
                 if lateral_conv is None:
                     merged = top_down
-                elif self._fuse_type == "avg":
-                    merged = (lateral_conv(c) + top_down) / 2
                 else:
-                    merged = lateral_conv(c) + top_down
+                    merged = self._fuse_top_down(idx, lateral_conv(c), top_down)
             if output_conv is not None:
                 # The 3x3 conv on each merged map reduces the aliasing of upsampling (Sec. 3).
                 results.append(output_conv(merged))
-        results = results[::-1]
+        results = self._extra_path(results[::-1])
         if self.top_block is not None:
             name = self.top_block.in_feature
             if name in bottom_up_features:
@@ -281,6 +279,19 @@ class FPNNeck(Backbone):
                 source = results[self._out_features.index(name)]
             results.extend(self.top_block(source))
         return dict(zip(self._out_features, results))
+
+    def _fuse_top_down(self, idx: int, lateral: torch.Tensor, top_down: torch.Tensor) -> torch.Tensor:
+        """Merge of lateral(C_k) and the upsampled M_{k+1}, both (N, D, H_k, W_k); ``idx`` counts
+        levels from the coarsest (0). Subclasses (e.g. weighted fusion) override this."""
+        if self._fuse_type == "avg":
+            return (lateral + top_down) / 2
+        return lateral + top_down
+
+    def _extra_path(self, results: List[torch.Tensor]) -> List[torch.Tensor]:
+        """Hook after the top-down pathway: P maps finest first -> the output maps (here unchanged).
+        Subclasses add paths here (e.g. PANet's bottom-up path augmentation); the extra levels
+        (``top_block``) are then made from what this returns."""
+        return results
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return {
