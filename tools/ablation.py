@@ -352,6 +352,21 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+def write_outputs(records: Sequence[dict], budget: dict, paths: Dict[str, str]) -> dict:
+    """Writes the table (``paths["md"]``), every figure (``paths["json"]``) and the chart (``paths["png"]``)."""
+    result = {"budget": budget, "variants": list(records), "metrics": {"ar": list(AR_KEYS), "ap": list(AP_KEYS)}}
+    with open(paths["md"], "w") as f:
+        f.write(markdown_table(records))
+    with open(paths["json"], "w") as f:
+        json.dump(result, f, indent=2)
+    title = (
+        f"fpn_shapes {budget['image_size']} px, {budget['num_train']} train / {budget['num_val']} val images, "
+        f"{budget['iterations']} iterations x batch {budget['batch']}, d = {budget['fpn_channels']}"
+    )
+    bar_chart(records, paths["png"], title)
+    return result
+
+
 def run_ablation(args, log=print) -> dict:
     """Runs the ablation for parsed ``args``; writes ablation.md/.json/.png; returns the JSON content."""
     names = parse_variants(args.variants)
@@ -376,22 +391,13 @@ def run_ablation(args, log=print) -> dict:
     }
     log(f"Ablation of {len(names)} variant(s) {names}, shared budget: {json.dumps(budget)}")
     records = []
+    paths = {k: os.path.join(args.output_dir, f"ablation.{k}") for k in ("md", "json", "png")}
     for i, name in enumerate(names, start=1):
         log(f"[{i}/{len(names)}] {name}: {VARIANTS[name][1]}")
         records.append(run_variant(base, name, args.output_dir, log=log))
-    result = {"budget": budget, "variants": records, "metrics": {"ar": list(AR_KEYS), "ap": list(AP_KEYS)}}
-    table = markdown_table(records)
-    paths = {k: os.path.join(args.output_dir, f"ablation.{k}") for k in ("md", "json", "png")}
-    with open(paths["md"], "w") as f:
-        f.write(table)
-    with open(paths["json"], "w") as f:
-        json.dump(result, f, indent=2)
-    title = (
-        f"fpn_shapes {budget['image_size']} px, {budget['num_train']} train / {budget['num_val']} val images, "
-        f"{budget['iterations']} iterations x batch {budget['batch']}, d = {budget['fpn_channels']}"
-    )
-    bar_chart(records, paths["png"], title)
-    log("\n" + table)
+        # Written after every variant, so a long run that is stopped keeps what it finished.
+        result = write_outputs(records, budget, paths)
+    log("\n" + markdown_table(records))
     log("Wrote " + ", ".join(paths.values()))
     return result
 
