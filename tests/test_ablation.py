@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from detectron2.modeling import build_model
+from detectron2.structures import Boxes
 
 from tests.conftest import REPO
 from tests.test_training import _cleanup_catalog  # noqa: F401  (autouse: unregisters the tiny datasets afterwards)
@@ -107,8 +108,6 @@ def test_variants_build_the_models_they_claim(data_root, tmp_path):
         model = models[name]
         with torch.no_grad():
             features = model.backbone(model.preprocess_image(inputs).tensor)
-            from detectron2.structures import Boxes
-
             boxes = [Boxes(torch.tensor([[0.0, 0.0, 16.0, 16.0], [0.0, 0.0, 250.0, 250.0]]))]
             model.roi_heads.box_pooler([features[f] for f in model.roi_heads.box_in_features], boxes)
         levels[name] = model.roi_heads.box_pooler.last_levels.tolist()
