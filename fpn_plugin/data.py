@@ -20,6 +20,15 @@ for circles; the image shows exactly that polygon, anti-aliased), ``area`` the p
 pixel coordinates: the image covers [0, image_size] x [0, image_size] and pixel (i, j) the unit
 square [i, i + 1] x [j, j + 1], as in COCO and Detectron2.
 
+Every object also has four keypoints, :data:`SHAPE_KEYPOINT_NAMES` = ("top", "right", "bottom",
+"left"): the extreme points of its polygon (the midpoint of the polygon's vertices that reach the
+box's top edge, right edge, ...), so each lies on the object's outline and on its box. They are
+stored COCO-style, ``keypoints`` [x, y, v] * 4 with v = 2 (labelled, visible) and
+``num_keypoints`` 4, in COCO's pixel-index convention (continuous coordinate - 0.5, which
+Detectron2's ``load_coco_json`` adds back). A horizontal flip swaps "left" and "right"
+(:data:`SHAPE_KEYPOINT_FLIP_MAP`); :data:`SHAPE_KEYPOINT_OKS_SIGMAS` are the sigmas for COCO's
+keypoint evaluation (``TEST.KEYPOINT_OKS_SIGMAS``).
+
 Generation is deterministic (same parameters: same JSON bytes, same image bytes), atomic (a
 dataset is built in a hidden temporary folder and renamed into place, so an interrupted run never
 leaves a folder that looks complete), and cached (a complete folder made with the same parameters,
@@ -56,6 +65,10 @@ __all__ = [
     "SHAPE_CLASSES",
     "SHAPES_TRAIN",
     "SHAPES_VAL",
+    "SHAPE_KEYPOINT_NAMES",
+    "SHAPE_KEYPOINT_FLIP_MAP",
+    "SHAPE_KEYPOINT_CONNECTION_RULES",
+    "SHAPE_KEYPOINT_OKS_SIGMAS",
     "generate_shapes_dataset",
     "default_data_root",
     "register_shapes_datasets",
@@ -70,9 +83,23 @@ SHAPE_CLASSES: Tuple[str, ...] = ("circle", "square", "triangle", "cross")
 #: Names under which :func:`register_shapes_datasets` registers the two splits.
 SHAPES_TRAIN = "fpn_shapes_train"
 SHAPES_VAL = "fpn_shapes_val"
+#: Keypoints of every object: the extreme points of its outline, in this order.
+SHAPE_KEYPOINT_NAMES: Tuple[str, ...] = ("top", "right", "bottom", "left")
+#: Keypoint pairs swapped by a horizontal flip (Detectron2's ``keypoint_flip_map`` metadata).
+SHAPE_KEYPOINT_FLIP_MAP: Tuple[Tuple[str, str], ...] = (("left", "right"),)
+#: Lines drawn between keypoints by Detectron2's ``Visualizer``: (name, name, RGB colour).
+SHAPE_KEYPOINT_CONNECTION_RULES: Tuple[Tuple[str, str, Tuple[int, int, int]], ...] = (
+    ("top", "right", (255, 255, 255)),
+    ("right", "bottom", (255, 255, 255)),
+    ("bottom", "left", (255, 255, 255)),
+    ("left", "top", (255, 255, 255)),
+)
+#: OKS sigma per keypoint for COCO keypoint AP (``TEST.KEYPOINT_OKS_SIGMAS``). The points are
+#: geometric and sharp, like COCO's eyes (0.025) rather than its hips (0.107).
+SHAPE_KEYPOINT_OKS_SIGMAS: Tuple[float, ...] = (0.05, 0.05, 0.05, 0.05)
 
 # Bump when the generator's output changes for the same parameters: cached datasets get rebuilt.
-_GENERATOR_VERSION = 2
+_GENERATOR_VERSION = 3  # 3: keypoints
 _GENERATOR = "fpn_plugin.data.generate_shapes_dataset"
 _ANNOTATIONS = "annotations.json"
 _IMAGES = "images"
@@ -137,6 +164,21 @@ def _polygon_area(poly: np.ndarray) -> float:
     """Area (px^2) of a simple polygon, by the shoelace formula."""
     x, y = poly[:, 0], poly[:, 1]
     return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def _extreme_points(poly: np.ndarray) -> np.ndarray:
+    """(4, 2) keypoints of a polygon (V, 2), in :data:`SHAPE_KEYPOINT_NAMES` order: its top (min y),
+    right (max x), bottom (max y) and left (min x) extreme points.
+
+    Where several vertices reach the extreme (an edge parallel to the box side), the midpoint of
+    those vertices is taken: a choice that mirrors under a horizontal flip, so "left" flips to "right".
+    """
+    tol = 0.5 * 10.0**-_DECIMALS
+    points = []
+    for axis, pick in ((1, np.min), (0, np.max), (1, np.max), (0, np.min)):
+        extreme = pick(poly[:, axis])
+        points.append(poly[np.abs(poly[:, axis] - extreme) <= tol].mean(axis=0))
+    return np.array(points)
 
 
 def _random_color(
@@ -373,6 +415,11 @@ def _write_split(out_dir: str, params: Dict[str, Any], progress: bool) -> None:
                     "area": round(_polygon_area(poly), _DECIMALS),
                     "iscrowd": 0,
                     "segmentation": [[float(v) for v in poly.reshape(-1)]],
+                    # COCO pixel-index convention: continuous coordinate - 0.5; v = 2 (visible).
+                    "keypoints": [
+                        v for x, y in _extreme_points(poly) for v in (round(float(x) - 0.5, 3), round(float(y) - 0.5, 3), 2)
+                    ],
+                    "num_keypoints": len(SHAPE_KEYPOINT_NAMES),
                     "color": obj["color"],
                 }
             )
@@ -385,7 +432,19 @@ def _write_split(out_dir: str, params: Dict[str, Any], progress: bool) -> None:
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPE_CLASSES)],
+        "categories": [
+            {
+                "id": i + 1,
+                "name": name,
+                "supercategory": "shape",
+                "keypoints": list(SHAPE_KEYPOINT_NAMES),
+                "skeleton": [
+                    [SHAPE_KEYPOINT_NAMES.index(a) + 1, SHAPE_KEYPOINT_NAMES.index(b) + 1]  # 1-based, as COCO's
+                    for a, b, _ in SHAPE_KEYPOINT_CONNECTION_RULES
+                ],
+            }
+            for i, name in enumerate(SHAPE_CLASSES)
+        ],
     }
     with open(os.path.join(out_dir, _ANNOTATIONS), "w", encoding="utf-8") as f:
         json.dump(data, f, separators=(",", ":"))
@@ -530,7 +589,9 @@ def register_shapes_datasets(
     in ``<root>/fpn_shapes_<image_size>px_seed<seed>_train<num_train>_val<num_val>/{train,val}``, so
     datasets with different parameters are cached side by side. The validation split uses
     ``seed + 1``. The metadata has ``thing_classes`` (:data:`SHAPE_CLASSES`), ``json_file``,
-    ``image_root`` and ``evaluator_type="coco"`` (for ``COCOEvaluator``).
+    ``image_root``, ``evaluator_type="coco"`` (for ``COCOEvaluator``), and for keypoint detectors
+    ``keypoint_names``, ``keypoint_flip_map``, ``keypoint_connection_rules`` and
+    ``keypoint_oks_sigmas`` (see :data:`SHAPE_KEYPOINT_NAMES` and the constants after it).
 
     Calling it again with the same arguments does nothing; with other arguments, the new
     registration replaces the previous one.
@@ -560,6 +621,10 @@ def register_shapes_datasets(
         metadata = {
             "thing_classes": list(SHAPE_CLASSES),
             "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(SHAPE_CLASSES))},
+            "keypoint_names": list(SHAPE_KEYPOINT_NAMES),
+            "keypoint_flip_map": [list(p) for p in SHAPE_KEYPOINT_FLIP_MAP],
+            "keypoint_connection_rules": [list(r) for r in SHAPE_KEYPOINT_CONNECTION_RULES],
+            "keypoint_oks_sigmas": list(SHAPE_KEYPOINT_OKS_SIGMAS),
             "fpn_shapes": dict(spec),
         }
         split_dir = os.path.join(dataset_dir, split)

@@ -6,7 +6,7 @@ import weakref
 from tqdm import tqdm
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, create_ddp_model
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
@@ -61,7 +61,12 @@ class FPNTrainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
-        return COCOEvaluator(dataset_name, output_dir=output_folder)
+        # Keypoint AP needs one OKS sigma per keypoint: TEST.KEYPOINT_OKS_SIGMAS, else the dataset's
+        # own (fpn_shapes has 4 keypoints, not COCO's 17).
+        sigmas = cfg.TEST.KEYPOINT_OKS_SIGMAS
+        if cfg.MODEL.KEYPOINT_ON and not sigmas:
+            sigmas = MetadataCatalog.get(dataset_name).get("keypoint_oks_sigmas", ())
+        return COCOEvaluator(dataset_name, output_dir=output_folder, kpt_oks_sigmas=list(sigmas))
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -10,15 +10,26 @@ import torch
 
 __all__ = ["make_trained_like", "random_boxes"]
 
+KEYPOINT_DAMPING = 1e-3
+
 
 def make_trained_like(model: torch.nn.Module) -> None:
-    """Scale the random heads of an untrained Faster R-CNN in place so it proposes and detects like a trained one.
+    """Scale the random heads of an untrained detector in place so it proposes and detects like a trained one.
 
-    Small RPN box deltas and spread objectness give ~1000 distinct proposals per image at test
-    time; zero-mean classifier rows (cancelling the component all post-ReLU box features share)
-    give detections of several classes. Works on Detectron2's and the plugin's GeneralizedRCNN.
+    Two-stage (GeneralizedRCNN: Faster / Mask / Keypoint R-CNN): small RPN box deltas and spread
+    objectness give ~1000 distinct proposals per image at test time; zero-mean classifier rows
+    (cancelling the component all post-ReLU box features share) give detections of several
+    classes; a damped keypoint predictor gives finite, peaked heatmaps (raw ones overflow to
+    NaN on features in the thousands). The mask head's own init already gives varied masks.
+    One-stage (RetinaNet): small box deltas, and class logits of std ~1.6 around the prior
+    (-4.6), so a few hundred anchors pass the 0.05 score threshold, as with a trained model.
+    Works on Detectron2's models and the plugin's.
     """
     with torch.no_grad():
+        if hasattr(model, "head") and hasattr(model.head, "cls_score"):  # RetinaNet
+            model.head.cls_score.weight.mul_(0.1)
+            model.head.bbox_pred.weight.mul_(1e-4)
+            return
         rpn = model.proposal_generator.rpn_head
         rpn.anchor_deltas.weight.mul_(1e-3)
         rpn.objectness_logits.weight.mul_(0.02)
@@ -26,6 +37,9 @@ def make_trained_like(model: torch.nn.Module) -> None:
         w = predictor.cls_score.weight
         w.sub_(w.mean(dim=1, keepdim=True)).mul_(0.01)
         predictor.bbox_pred.weight.mul_(1e-4)
+        keypoint_head = getattr(model.roi_heads, "keypoint_head", None)
+        if keypoint_head is not None and hasattr(keypoint_head, "score_lowres"):
+            keypoint_head.score_lowres.weight.mul_(KEYPOINT_DAMPING)
 
 
 def random_boxes(

@@ -32,12 +32,22 @@ def plugin_cfg(path: str = "configs/fpn_r50.yaml"):
     return cfg
 
 
+def build_parity_pair(d2_name: str = D2_R50_FPN, path: str = "configs/fpn_r50.yaml", opts=()):
+    """(Detectron2's built-in model ``d2_name``, the plugin's from ``path``, load_state_dict's result), eval
+    mode: Detectron2's with random weights scaled by make_trained_like, the plugin's loaded from its
+    state_dict with strict=True. ``opts`` (KEY VALUE list) are merged into both configs."""
+    cfg_ref, cfg_ours = d2_cfg(d2_name), plugin_cfg(path)
+    cfg_ref.merge_from_list(list(opts))
+    cfg_ours.merge_from_list(list(opts))
+    torch.manual_seed(0)
+    ref = build_model(cfg_ref).eval()
+    make_trained_like(ref)
+    ours = build_model(cfg_ours).eval()
+    result = ours.load_state_dict(ref.state_dict(), strict=True)
+    return ref, ours, result
+
+
 @pytest.fixture(scope="session")
 def r50_pair():
     """(Detectron2's model, the plugin's model), eval mode, the plugin's loaded from Detectron2's state_dict."""
-    torch.manual_seed(0)
-    ref = build_model(d2_cfg()).eval()
-    make_trained_like(ref)
-    ours = build_model(plugin_cfg()).eval()
-    result = ours.load_state_dict(ref.state_dict(), strict=True)
-    return ref, ours, result
+    return build_parity_pair()

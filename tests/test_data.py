@@ -13,6 +13,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 import fpn_plugin.data as data_module
 from fpn_plugin.data import (
     SHAPE_CLASSES,
+    SHAPE_KEYPOINT_NAMES,
     SHAPES_TRAIN,
     SHAPES_VAL,
     default_data_root,
@@ -179,6 +180,64 @@ def test_polygon_masks_match_image_and_area(shapes40):
         # The background is not of one colour: a flat threshold cannot isolate the objects.
         assert pixels[background].std(axis=0).max() > 10
     assert checked == len(data["annotations"])
+
+
+def _distance_to_outline(points, poly):
+    """(P,) distance of each point (P, 2) to the closed polygon's outline (V, 2), pixels."""
+    a, b = poly, np.roll(poly, -1, axis=0)
+    ab = b - a
+    t = np.clip(((points[:, None] - a[None]) * ab[None]).sum(-1) / (ab**2).sum(-1)[None], 0, 1)
+    nearest = a[None] + t[..., None] * ab[None]
+    return np.linalg.norm(points[:, None] - nearest, axis=-1).min(axis=1)
+
+
+def _extremes_ok(keypoints, poly, atol=0.011):
+    """True if (4, 2) continuous keypoints are the top, right, bottom, left extreme points of the polygon."""
+    lo, hi = poly.min(axis=0), poly.max(axis=0)
+    expected = [keypoints[0, 1] - lo[1], keypoints[1, 0] - hi[0], keypoints[2, 1] - hi[1], keypoints[3, 0] - lo[0]]
+    return np.abs(expected).max() <= atol and _distance_to_outline(keypoints, poly).max() <= atol
+
+
+def test_keypoints_are_extreme_points_on_the_outline(shapes40):
+    _, data = shapes40
+    for cat in data["categories"]:
+        assert cat["keypoints"] == list(SHAPE_KEYPOINT_NAMES)
+        assert all(1 <= i <= len(SHAPE_KEYPOINT_NAMES) for edge in cat["skeleton"] for i in edge)
+    for ann in data["annotations"]:
+        assert ann["num_keypoints"] == 4 and len(ann["keypoints"]) == 12
+        kp = np.array(ann["keypoints"], dtype=np.float64).reshape(4, 3)
+        assert (kp[:, 2] == 2).all()
+        xy = kp[:, :2] + 0.5  # COCO pixel indices -> continuous coordinates
+        poly = np.array(ann["segmentation"][0]).reshape(-1, 2)
+        assert _extremes_ok(xy, poly), (ann["id"], xy, poly.min(axis=0), poly.max(axis=0))
+        x, y, w, h = ann["bbox"]
+        assert (xy >= [x - 0.01, y - 0.01]).all() and (xy <= [x + w + 0.01, y + h + 0.01]).all()
+
+
+def test_keypoints_flip_with_the_image(tmp_path, clean_catalog):
+    """Detectron2's horizontal flip, with the registered flip map, gives the flipped shape's keypoints."""
+    from detectron2.data import detection_utils as utils
+    from detectron2.data import transforms as T
+
+    clean_catalog += [SHAPES_TRAIN, SHAPES_VAL]
+    register_shapes_datasets(root=str(tmp_path), num_train=6, num_val=1, image_size=128)
+    meta = MetadataCatalog.get(SHAPES_TRAIN)
+    assert meta.keypoint_names == list(SHAPE_KEYPOINT_NAMES)
+    assert len(meta.keypoint_oks_sigmas) == len(SHAPE_KEYPOINT_NAMES)
+    flip_indices = utils.create_keypoint_hflip_indices([SHAPES_TRAIN])
+    assert list(flip_indices) == [0, 3, 2, 1]  # left <-> right, top and bottom stay
+    flip = T.TransformList([T.HFlipTransform(128)])
+    checked = 0
+    for d in DatasetCatalog.get(SHAPES_TRAIN):  # loaded by Detectron2: continuous coordinates
+        for ann in d["annotations"]:
+            poly = np.array(ann["segmentation"][0]).reshape(-1, 2)
+            assert _extremes_ok(np.array(ann["keypoints"]).reshape(4, 3)[:, :2], poly)
+            flipped = utils.transform_instance_annotations(dict(ann), flip, (128, 128), keypoint_hflip_indices=flip_indices)
+            kp = np.array(flipped["keypoints"]).reshape(4, 3)
+            assert (kp[:, 2] == 2).all()
+            assert _extremes_ok(kp[:, :2], np.array(flipped["segmentation"][0]).reshape(-1, 2))
+            checked += 1
+    assert checked >= 12
 
 
 # --- Caching and atomicity -----------------------------------------------------------------------
@@ -361,7 +420,7 @@ def test_register_coco_folder_missing_paths(tmp_path):
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_coco_evaluator_scores_ground_truth_100(tmp_path, clean_catalog):
-    """The registered metadata is enough for COCOEvaluator, and boxes / polygons agree with COCO's eval."""
+    """The registered metadata is enough for COCOEvaluator, and boxes / polygons / keypoints agree with COCO's eval."""
     import torch
     from detectron2.evaluation import COCOEvaluator
     from detectron2.structures import BoxMode, Boxes, Instances
@@ -370,7 +429,8 @@ def test_coco_evaluator_scores_ground_truth_100(tmp_path, clean_catalog):
     clean_catalog += [SHAPES_TRAIN, SHAPES_VAL]
     register_shapes_datasets(root=str(tmp_path), num_train=1, num_val=4, image_size=256)
     dicts = DatasetCatalog.get(SHAPES_VAL)  # generates the data, as building the test loader would
-    evaluator = COCOEvaluator(SHAPES_VAL, tasks=("bbox", "segm"), distributed=False)
+    sigmas = MetadataCatalog.get(SHAPES_VAL).keypoint_oks_sigmas
+    evaluator = COCOEvaluator(SHAPES_VAL, tasks=("bbox", "segm", "keypoints"), distributed=False, kpt_oks_sigmas=sigmas)
     evaluator.reset()
     for d in dicts:
         anns = d["annotations"]
@@ -381,7 +441,9 @@ def test_coco_evaluator_scores_ground_truth_100(tmp_path, clean_catalog):
         instances.pred_classes = torch.tensor([a["category_id"] for a in anns])
         masks = [polygons_to_bitmask(a["segmentation"], d["height"], d["width"]) for a in anns]
         instances.pred_masks = torch.from_numpy(np.stack(masks))
+        instances.pred_keypoints = torch.tensor([a["keypoints"] for a in anns], dtype=torch.float32).view(-1, 4, 3)
         evaluator.process([{"image_id": d["image_id"]}], [{"instances": instances}])
     results = evaluator.evaluate()
     assert results["bbox"]["AP"] == pytest.approx(100.0)
     assert results["segm"]["AP"] == pytest.approx(100.0)
+    assert results["keypoints"]["AP"] == pytest.approx(100.0)

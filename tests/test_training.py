@@ -38,9 +38,9 @@ def data_root(tmp_path_factory):
     return str(tmp_path_factory.mktemp("fpn_data"))
 
 
-def tiny_cfg(data_root, output_dir, *opts):
+def tiny_cfg(data_root, output_dir, *opts, config="quickstart.yaml"):
     cfg = get_plugin_cfg()
-    cfg.merge_from_file(os.path.join(REPO, "configs", "quickstart.yaml"))
+    cfg.merge_from_file(os.path.join(REPO, "configs", config))
     cfg.merge_from_list(TINY + ["DATASETS.FPN_SHAPES.ROOT", data_root, "OUTPUT_DIR", str(output_dir)] + [str(o) for o in opts])
     register_shapes_datasets_from_config(cfg)
     return cfg
