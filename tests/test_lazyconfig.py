@@ -187,13 +187,21 @@ def test_lazyconfig_train_net_trains_and_evaluates_quickstart(tmp_path_factory):
         "train.max_iter=4", "train.log_period=1", f"train.output_dir={out}",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONWARNINGS="ignore", PYTHONPATH=REPO)
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "lazyconfig_train_net.py"),
-         "--config-file", os.path.join(LAZY, "quickstart.py"), *tiny],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-5000:]
+
+    def run(*flags):
+        proc = subprocess.run(
+            [sys.executable, os.path.join(REPO, "tools", "lazyconfig_train_net.py"),
+             "--config-file", os.path.join(LAZY, "quickstart.py"), *flags, *tiny],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        )
+        log = proc.stdout + proc.stderr
+        assert proc.returncode == 0, log[-5000:]
+        return log
+
+    def ap_line(log):
+        return [line.split("copypaste: ")[1] for line in log.splitlines() if "copypaste: " in line][-1]
+
+    log = run()
     assert "no GPU is available: running on CPU" in log or torch.cuda.is_available()
     with open(out / "metrics.json") as f:
         metrics = [json.loads(line) for line in f if line.strip()]
@@ -204,6 +212,8 @@ def test_lazyconfig_train_net_trains_and_evaluates_quickstart(tmp_path_factory):
     assert (out / "model_final.pth").is_file()
     assert (out / "inference" / "coco_instances_results.json").is_file()
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
+    # --eval-only --resume evaluates the last checkpoint of the run: the same AP as at the end of training.
+    assert ap_line(run("--eval-only", "--resume")) == ap_line(log)
 
 
 # ------------------------------------------------------------------------------------------------
