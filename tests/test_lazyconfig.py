@@ -16,12 +16,13 @@ import torch
 
 from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling import build_model
+from detectron2.structures import Boxes
 from detectron2.utils.analysis import FlopCountAnalysis
 from fvcore.nn import parameter_count
 
 from fpn_plugin import FPNNeck, LevelMappingROIHeads, LevelMappingROIPooler, SharedAnchorGenerator
 from fpn_plugin.config import detectron2_config_file
-from fpn_plugin.workload import make_trained_like
+from fpn_plugin.workload import make_trained_like, random_boxes
 from tests.conftest import REPO, plugin_cfg
 
 LAZY = os.path.join(REPO, "configs", "lazy")
@@ -44,19 +45,34 @@ def assert_same_state_dict_layout(a, b):
 
 
 @contextlib.contextmanager
-def few_detections(*models, per_image: int = 20):
-    """At most ``per_image`` detections per image while comparing outputs: the mask and keypoint heads
-    run on every detection (the keypoint head costs ~4 GFLOPs each); the same code paths."""
-    owners = [m.roi_heads.box_predictor if hasattr(m, "roi_heads") else m for m in models]
-    attrs = ["test_topk_per_image" if hasattr(o, "test_topk_per_image") else "max_detections_per_image" for o in owners]
-    saved = [getattr(o, a) for o, a in zip(owners, attrs)]
-    for o, a in zip(owners, attrs):
-        setattr(o, a, per_image)
+def light_inference(*models):
+    """A lighter test-time workload while comparing outputs, through the same code paths: 300
+    proposals per image (R-CNNs), score threshold 0 (so untrained heads still detect), at most 5
+    detections per image (the mask and keypoint heads run on each; the keypoint head costs
+    ~4 GFLOPs per detection)."""
+    changes = []  # (object, attribute or dict key, new value)
+    for m in models:
+        if hasattr(m, "roi_heads"):
+            changes += [(m.proposal_generator.post_nms_topk, False, 300)]
+            changes += [(m.roi_heads.box_predictor, "test_score_thresh", 0.0)]
+            changes += [(m.roi_heads.box_predictor, "test_topk_per_image", 5)]
+        else:  # RetinaNet
+            changes += [(m, "test_score_thresh", 0.0), (m, "max_detections_per_image", 5)]
+
+    def swap(obj, key, value):
+        old = obj[key] if isinstance(obj, dict) else getattr(obj, key)
+        if isinstance(obj, dict):
+            obj[key] = value
+        else:
+            setattr(obj, key, value)
+        return old
+
+    saved = [swap(obj, key, value) for obj, key, value in changes]
     try:
         yield
     finally:
-        for o, a, v in zip(owners, attrs, saved):
-            setattr(o, a, v)
+        for (obj, key, _), old in zip(changes, saved):
+            swap(obj, key, old)
 
 
 def assert_same_instances(a, b):
@@ -71,9 +87,63 @@ def assert_same_instances(a, b):
             torch.testing.assert_close(b.get(field).float(), a.get(field).float(), **TOL)
 
 
-def run_both(ref, ours, inputs):
-    with torch.no_grad(), few_detections(ref, ours):
-        return ref(inputs)[0]["instances"], ours(inputs)[0]["instances"]
+def run(model, inputs):
+    """Eval forward of one image: its pyramid features, proposals (R-CNNs) and detections."""
+    seen = {}
+    hooks = [model.backbone.register_forward_hook(lambda m, i, out: seen.update(features=out))]
+    if hasattr(model, "proposal_generator"):
+        hooks.append(model.proposal_generator.register_forward_hook(lambda m, i, out: seen.update(proposals=out[0][0])))
+    try:
+        with torch.no_grad():
+            seen["instances"] = model(inputs)[0]["instances"]
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def assert_same_outputs(ref, ours, inputs):
+    """Same features, proposals and detections to 1e-4 (under :func:`light_inference`)."""
+    with light_inference(ref, ours):
+        a, b = run(ref, inputs), run(ours, inputs)
+    assert a["features"].keys() == b["features"].keys()
+    for k in a["features"]:
+        torch.testing.assert_close(b["features"][k], a["features"][k], **TOL)
+    if "proposals" in a:
+        assert len(a["proposals"]) == len(b["proposals"]) == 300
+        torch.testing.assert_close(b["proposals"].proposal_boxes.tensor, a["proposals"].proposal_boxes.tensor, **TOL)
+        torch.testing.assert_close(b["proposals"].objectness_logits, a["proposals"].objectness_logits, **TOL)
+    assert_same_instances(a["instances"], b["instances"])
+    if hasattr(ref, "roi_heads"):
+        assert_same_roi_pooling(ref, ours, a["features"])
+    return a["instances"], b["instances"]
+
+
+def assert_same_roi_pooling(ref, ours, features):
+    """Every RoI pooler of ``ours`` pools the same features as ``ref``'s, for RoIs of 16-400 px that
+    span several pyramid levels (Eqn. 1), and, when both are the plugin's, from the same levels."""
+    height, width = features["p2"].shape[-2] * 4, features["p2"].shape[-1] * 4
+    boxes = [Boxes(random_boxes(200, height, width, torch.Generator().manual_seed(5), min_size=16, max_size=400))]
+    for head in ("box", "mask", "keypoint"):
+        if not hasattr(ref.roi_heads, f"{head}_pooler"):
+            continue
+        p_ref, p_ours = getattr(ref.roi_heads, f"{head}_pooler"), getattr(ours.roi_heads, f"{head}_pooler")
+        x = [features[f] for f in getattr(ref.roi_heads, f"{head}_in_features")]
+        with torch.no_grad():
+            torch.testing.assert_close(p_ours(x, boxes), p_ref(x, boxes), **TOL)
+        assert len(torch.unique(p_ours.last_levels)) > 1
+        if hasattr(p_ref, "last_levels"):
+            assert torch.equal(p_ours.last_levels, p_ref.last_levels)
+
+
+def assert_poolers_built_like(ref, ours):
+    """Each plugin pooler has the settings of Detectron2's ROIPooler it replaces (Eqn. 1: k0, s0)."""
+    for name in ("box_pooler", "mask_pooler", "keypoint_pooler"):
+        if hasattr(ref.roi_heads, name):
+            p_ref, p_ours = getattr(ref.roi_heads, name), getattr(ours.roi_heads, name)
+            assert (p_ours.min_level, p_ours.max_level) == (p_ref.min_level, p_ref.max_level)
+            assert p_ours.output_size == tuple(p_ref.output_size)
+            assert (p_ours.canonical_box_size, p_ours.canonical_level) == (p_ref.canonical_box_size, p_ref.canonical_level)
 
 
 def assert_plugin_components(model):
@@ -98,8 +168,7 @@ def test_lazy_faster_rcnn_equals_yaml_model(r50_pair):
     assert_plugin_components(ours)
     assert_same_state_dict_layout(yaml_model, ours)
     ours.load_state_dict(yaml_model.state_dict(), strict=True)
-    a, b = run_both(yaml_model, ours, small_inputs())
-    assert_same_instances(a, b)
+    a, b = assert_same_outputs(yaml_model, ours, small_inputs())
     assert torch.equal(a.pred_levels, b.pred_levels)
 
 
@@ -111,7 +180,7 @@ def test_lazy_quickstart_equals_yaml_quickstart():
     assert_plugin_components(ours)
     assert_same_state_dict_layout(yaml_model, ours)
     ours.load_state_dict(yaml_model.state_dict(), strict=True)
-    assert_same_instances(*run_both(yaml_model, ours, small_inputs(256, 320)))
+    assert_same_outputs(yaml_model, ours, small_inputs(256, 320))
 
 
 # Our lazy config -> Detectron2's lazy config of the same detector.
@@ -136,15 +205,11 @@ def twin_pair(request):
                 ref.roi_heads.keypoint_head.score_lowres.weight.mul_(1e-4)
     else:
         # RetinaNet: untrained heads on R50's large features give logits and deltas in the tens
-        # (scores saturate, boxes blow up); small ones give spread scores around the 0.01 prior,
-        # so keep every candidate.
+        # (scores saturate, boxes blow up); small ones give spread scores around the 0.01 prior.
         with torch.no_grad():
             ref.head.cls_score.weight.mul_(1e-3)
             ref.head.bbox_pred.weight.mul_(1e-3)
-        ref.test_score_thresh = 0.0
     ours = lazy_model(request.param)
-    if not hasattr(ours, "roi_heads"):
-        ours.test_score_thresh = 0.0
     result = ours.load_state_dict(ref.state_dict(), strict=True)
     return ref, ours, result
 
@@ -154,11 +219,13 @@ def test_lazy_twin_loads_detectron2_state_dict_strictly(twin_pair):
     assert_plugin_components(ours)
     assert not result.missing_keys and not result.unexpected_keys
     assert_same_state_dict_layout(ref, ours)
+    if hasattr(ref, "roi_heads"):
+        assert_poolers_built_like(ref, ours)
 
 
 def test_lazy_twin_outputs_match_detectron2(twin_pair):
     ref, ours, _ = twin_pair
-    assert_same_instances(*run_both(ref, ours, small_inputs()))
+    assert_same_outputs(ref, ours, small_inputs())
 
 
 def test_lazy_retinanet_has_p3_to_p7_and_nine_anchors():
