@@ -14,6 +14,7 @@ before the final rescale to the original image size, as Detectron2's exported mo
 Rescale to the original image with ``detectron2.modeling.postprocessing.detector_postprocess``.
 """
 import math
+import re
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -62,8 +63,12 @@ class ExportError(RuntimeError):
 
 
 def _first_line(e: BaseException) -> str:
-    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-    return f"{type(e).__name__}: {lines[0] if lines else ''}"
+    """``Type: first line`` of the innermost cause of ``e`` (exporters wrap the real reason), plain text."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if line.strip()]
+    line = lines[0] if lines else ""
+    return f"{type(e).__name__}: {line[:300]}"
 
 
 def _check_model(model: nn.Module, path: str) -> None:
@@ -116,7 +121,9 @@ def _tracing_adapter(model: GeneralizedRCNN, image: torch.Tensor) -> Tuple[Traci
     def inference(model, inputs):
         return [{"instances": model.inference(inputs, do_postprocess=False)[0]}]
 
-    adapter = TracingAdapter(model, [{"image": image}], inference)
+    # eval(): a new module is in training mode, and torch.onnx.export restores the mode it found
+    # on every submodule, which would leave the detector in training mode.
+    adapter = TracingAdapter(model, [{"image": image}], inference).eval()
     # TracingAdapter flattens an Instances into its fields in sorted order, then the image size.
     with torch.no_grad():
         fields = model.inference([{"image": image}], do_postprocess=False)[0].get_fields()
@@ -178,8 +185,15 @@ def export_onnx(
                     input_names=["image"], output_names=names,
                 )
     except Exception as e:
-        instead = "--onnx-exporter legacy" if exporter == "dynamo" else "TorchScript tracing or scripting (--format torchscript)"
-        raise ExportError(path, _first_line(e), instead) from e
+        reason = _first_line(e)
+        if exporter == "dynamo":
+            # torch.export needs shapes it can reason about; Detectron2's image padding, proposal
+            # top-k and NMS produce data-dependent ones.
+            reason = f"torch.export cannot follow the detector's data-dependent shapes ({reason})"
+            instead = "--onnx-exporter legacy (TorchScript-based ONNX export, which works)"
+        else:
+            instead = "TorchScript tracing or scripting (--format torchscript)"
+        raise ExportError(path, reason, instead) from e
     return names
 
 
