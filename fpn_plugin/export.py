@@ -7,9 +7,10 @@ before the final rescale to the original image size, as Detectron2's exported mo
 - ``pred_boxes`` (R, 4) XYXY in the input image's pixels, ``scores`` (R,), ``pred_classes`` (R,)
   int64, ``pred_levels`` (R,) int64: the pyramid level (2 for P2, ...) each detection was
   pooled from (Eqn. 1); R <= ``TEST.DETECTIONS_PER_IMAGE``.
-- Scripting: ``model((({"image": image},)))`` -> ``[{"pred_boxes": ..., ...}]``.
+- Scripting: ``model(({"image": image},))`` -> ``[{"pred_boxes": ..., ...}]``.
 - Tracing (TorchScript and ONNX): ``model(image)`` -> a tuple of tensors in the order of
-  ``tracing_output_names`` (ONNX output names are the same), the last one ``image_size`` (H, W).
+  the names :func:`export_tracing` returns (also the ONNX output names):
+  ``pred_boxes, pred_classes, pred_levels, scores, image_size``; ``image_size`` is (H, W).
 
 Rescale to the original image with ``detectron2.modeling.postprocessing.detector_postprocess``.
 """
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from detectron2.export import TracingAdapter, scripting_with_instances
+from detectron2.export.flatten import InstancesSchema
 from detectron2.modeling import GeneralizedRCNN
 from detectron2.structures import Boxes, Instances
 
@@ -117,17 +119,22 @@ def export_scripting(model: GeneralizedRCNN) -> torch.jit.ScriptModule:
         raise ExportError(path, _first_line(e), "tracing (--export-method tracing)") from e
 
 
-def _tracing_adapter(model: GeneralizedRCNN, image: torch.Tensor) -> Tuple[TracingAdapter, List[str]]:
+def _tracing_adapter(model: GeneralizedRCNN, image: torch.Tensor) -> TracingAdapter:
     def inference(model, inputs):
         return [{"instances": model.inference(inputs, do_postprocess=False)[0]}]
 
     # eval(): a new module is in training mode, and torch.onnx.export restores the mode it found
     # on every submodule, which would leave the detector in training mode.
-    adapter = TracingAdapter(model, [{"image": image}], inference).eval()
-    # TracingAdapter flattens an Instances into its fields in sorted order, then the image size.
-    with torch.no_grad():
-        fields = model.inference([{"image": image}], do_postprocess=False)[0].get_fields()
-    return adapter, sorted(fields) + ["image_size"]
+    return TracingAdapter(model, [{"image": image}], inference).eval()
+
+
+def _output_names(adapter: TracingAdapter) -> List[str]:
+    """Names of the flattened outputs, known once the adapter has run: the Instances' fields in
+    TracingAdapter's (sorted) order, then the image size."""
+    schema = adapter.outputs_schema
+    while not isinstance(schema, InstancesSchema):
+        schema = schema.schemas[0]  # [{"instances": Instances}] -> {"instances": ...} -> Instances
+    return list(schema.keys) + ["image_size"]
 
 
 def export_tracing(model: GeneralizedRCNN, image: torch.Tensor) -> Tuple[torch.jit.ScriptModule, List[str]]:
@@ -139,12 +146,12 @@ def export_tracing(model: GeneralizedRCNN, image: torch.Tensor) -> Tuple[torch.j
     path = "TorchScript tracing"
     _check_model(model, path)
     try:
-        adapter, names = _tracing_adapter(model, image)
+        adapter = _tracing_adapter(model, image)
         with torch.no_grad():
             traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
     except Exception as e:
         raise ExportError(path, _first_line(e), "TorchScript scripting (--export-method scripting)") from e
-    return traced, names
+    return traced, _output_names(adapter)
 
 
 def export_onnx(
@@ -170,7 +177,10 @@ def export_onnx(
         import onnx  # noqa: F401
     except ImportError as e:
         raise ExportError(path, "the 'onnx' package is not installed", "pip install onnx onnxruntime (or: pip install -e '.[export]')") from e
-    adapter, names = _tracing_adapter(model, image)
+    adapter = _tracing_adapter(model, image)
+    with torch.no_grad():
+        adapter(*adapter.flattened_inputs)  # one eager run: the ONNX graph needs the output names first
+    names = _output_names(adapter)
     try:
         with torch.no_grad():
             if exporter == "legacy":

@@ -95,6 +95,10 @@ def test_tracing_matches_eager_on_other_image_sizes(quick_model, images, eager, 
     loaded = torch.jit.load(path)
     for img, ref in zip(images, eager):  # the second image has another size than the traced one
         _assert_agrees(ref, run_traced(loaded, img, names))
+    # Tracing ran the model with the export paths of its components; eager mode is unchanged.
+    again = eager_detections(quick_model, images[0])
+    for key in eager[0]:
+        assert torch.equal(again[key], eager[0][key]), key
 
 
 def test_onnx_matches_eager_on_other_image_sizes(quick_model, images, eager, tmp_path):
@@ -109,14 +113,6 @@ def test_onnx_matches_eager_on_other_image_sizes(quick_model, images, eager, tmp
 def test_onnx_opset_without_half_pixel_roialign_is_refused(quick_model, images, tmp_path):
     with pytest.raises(ExportError, match=r"opset 11 .*ROIAlignV2.*Use instead: --opset"):
         export_onnx(quick_model, images[0], str(tmp_path / "m.onnx"), opset=11)
-
-
-def test_export_leaves_eager_mode_unchanged(quick_model, images, eager):
-    """Exporting (which runs the model under tracing) must not change what eager mode computes."""
-    export_tracing(quick_model, images[0])
-    again = eager_detections(quick_model, images[0])
-    for key in eager[0]:
-        assert torch.equal(again[key], eager[0][key]), key
 
 
 def test_compare_detections_can_fail(eager):
@@ -134,7 +130,7 @@ def test_compare_detections_can_fail(eager):
 
 def test_r50_scripting_matches_eager(r50_pair):
     _, ours, _ = r50_pair
-    img = _image(512, 768, 3)
+    img = _image(320, 480, 3)
     ref = eager_detections(ours, img)
     _assert_agrees(ref, run_scripted(export_scripting(ours), img))
 
@@ -163,24 +159,25 @@ def weights(quick_model, tmp_path_factory):
     return str(folder / "model.pth")
 
 
-def test_tool_exports_onnx_and_checks_it(weights, images, tmp_path):
+def test_tool_exports_onnx_and_checks_it(weights, tmp_path):
+    # Small images: the agreement on real-sized ones is tested above, in process.
     sample, other = str(tmp_path / "sample.png"), str(tmp_path / "other.png")
-    _save_png(images[0], sample)
-    _save_png(images[1], other)
+    _save_png(_image(384, 448, 4), sample)
+    _save_png(_image(320, 512, 5), other)
     out = tmp_path / "out"
     proc = _run_tool([
         "--config-file", "configs/quickstart.yaml", "--export-method", "tracing", "--format", "onnx",
         "--sample-image", sample, "--check", "--check-images", other, "--output", str(out),
-        # 800 px so that neither image is resized: the check then runs on both sizes.
-        "MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "0", "INPUT.MAX_SIZE_TEST", "800",
+        # MIN_SIZE_TEST 0: images are not resized, so the check runs on two sizes.
+        "MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "0",
     ])
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert (out / "model.onnx").stat().st_size > 100_000
     info = json.loads((out / "export.json").read_text())
     assert info["export_method"] == "tracing" and info["format"] == "onnx"
-    assert [c["size"] for c in info["check"]] == [[512, 640], [608, 800]]
+    assert [c["size"] for c in info["check"]] == [[384, 448], [320, 512]]
     for check in info["check"]:
-        assert check["ok"] == 1.0 and check["num_eager"] >= 50, check
+        assert check["ok"] == 1.0 and check["num_eager"] >= 20, check
         assert check["max_box_diff"] <= TOL and check["max_score_diff"] <= TOL, check
     assert "agrees with eager mode" in proc.stderr + proc.stdout
 
