@@ -60,6 +60,7 @@ class ExportError(RuntimeError):
     """An export path that cannot work. ``str()`` names the path, the reason and what to use instead."""
 
     def __init__(self, path: str, reason: str, instead: str):
+        reason = reason.rstrip(". ")
         self.path, self.reason, self.instead = path, reason, instead
         super().__init__(f"{path} cannot export this model: {reason}. Use instead: {instead}.")
 

@@ -33,6 +33,8 @@ import traceback
 import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+if "--verbose" not in sys.argv:
+    warnings.filterwarnings("ignore")  # TracerWarnings and the deprecation notices of torch.jit / torch.onnx
 
 import torch  # noqa: E402
 
@@ -128,8 +130,6 @@ def export(args, cfg, model, image):
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[export_model] %(message)s")
-    if not args.verbose:
-        warnings.filterwarnings("ignore")  # TracerWarnings and deprecation notices of torch.jit/onnx
     what = f"{args.export_method} -> {args.format}"
     try:
         cfg = setup_cfg(args)
