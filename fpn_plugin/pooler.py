@@ -147,7 +147,7 @@ class LevelMappingROIPooler(nn.Module):
         if torch.jit.is_scripting() or torch.jit.is_tracing():
             return False  # its Python loop over RoI groups neither scripts nor traces
         if self.impl == "auto":
-            return x.device.type == "cpu"
+            return x.device.type == "cpu" and not torch.jit.is_tracing() and not torch.jit.is_scripting()
         return self.impl == "embedding_bag"
 
     @torch.jit.unused
