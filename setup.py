@@ -25,5 +25,9 @@ setup(
         "fvcore",
         "tqdm",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        # tools/export_model.py --format onnx, and its --check of ONNX files.
+        "export": ["onnx>=1.15", "onnxruntime>=1.17"],
+        "test": ["pytest>=7", "onnx>=1.15", "onnxruntime>=1.17"],
+    },
 )

@@ -45,7 +45,11 @@ class SharedAnchorGenerator(nn.Module):
     because they only depend on those.
     """
 
-    box_dim: int = 4
+    box_dim: torch.jit.Final[int] = 4  # Final: a constant TorchScript can see
+    # TorchScript cannot type the cache (tuple keys) nor the getattr-based property; the export
+    # path (scripting/tracing) rebuilds the grids on every call instead.
+    __jit_ignored_attributes__ = ["_cache"]
+    __jit_unused_properties__ = ["cell_anchors", "num_anchors", "num_cell_anchors"]
 
     @configurable
     def __init__(
@@ -141,8 +145,13 @@ class SharedAnchorGenerator(nn.Module):
 
     def _grid_anchors(self, grid_sizes: List[Tuple[int, int]], device: torch.device) -> List[torch.Tensor]:
         """Per level, (H_i * W_i * A_i, 4) anchors: every cell anchor shifted to every grid location."""
-        out = []
-        for (h, w), stride, base in zip(grid_sizes, self.strides, self.cell_anchors):
+        out: List[torch.Tensor] = []
+        # named_buffers() rather than the cell_anchors property, so that TorchScript can compile it.
+        cell: List[torch.Tensor] = []
+        for name, buf in self.named_buffers():
+            if name.startswith("cell_anchors_"):
+                cell.append(buf)
+        for (h, w), stride, base in zip(grid_sizes, self.strides, cell):
             base = base.to(device)
             # float32 aranges, as Detectron2 computes them, so the grids are bit-identical.
             xs = torch.arange(self.offset * stride, w * stride, step=stride, dtype=torch.float32, device=device)
@@ -166,9 +175,19 @@ class SharedAnchorGenerator(nn.Module):
                 f"got {len(features)} feature maps but the anchor generator was built for strides {self.strides}; "
                 "MODEL.RPN.IN_FEATURES and the anchor strides must match."
             )
-        grid_sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in features]
         device = features[0].device
-        if self.cache_size == 0 or torch.jit.is_tracing() or torch.jit.is_scripting():
+        if torch.jit.is_scripting() or torch.jit.is_tracing():
+            # Export: no cache, and sizes kept as traced values (no int()) so that a traced
+            # model builds the grids of whatever image size it is given.
+            sizes: List[Tuple[int, int]] = [(f.shape[-2], f.shape[-1]) for f in features]
+            return [Boxes(a) for a in self._grid_anchors(sizes, device)]
+        return self._cached_grid_anchors(features, device)
+
+    @torch.jit.unused
+    def _cached_grid_anchors(self, features: List[torch.Tensor], device: torch.device) -> List[Boxes]:
+        """Eager forward: grids from the LRU cache (built and cached on a miss)."""
+        grid_sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in features]
+        if self.cache_size == 0:
             return [Boxes(a) for a in self._grid_anchors(grid_sizes, device)]
         key = (tuple(grid_sizes), str(device), self.cell_anchors_0.dtype)
         grids = self._cache.get(key)

@@ -3,6 +3,7 @@
 Parameter names follow Detectron2's ``FPN`` (``fpn_lateral{k}``, ``fpn_output{k}``, ``bottom_up``,
 ``top_block.p6``/``p7``), so Detectron2 checkpoints of its FPN load unchanged.
 """
+import copy
 import math
 from typing import Dict, List, Optional
 
@@ -278,7 +279,23 @@ class FPNNeck(Backbone):
             else:
                 source = results[self._out_features.index(name)]
             results.extend(self.top_block(source))
-        return dict(zip(self._out_features, results))
+        return {name: res for name, res in zip(self._out_features, results)}
+
+    def __prepare_scriptable__(self) -> "FPNNeck":
+        """Called by ``torch.jit.script``: a copy whose conv lists are ModuleLists, which TorchScript
+        can iterate (parameter names of the copy change; the original is untouched)."""
+        if any(c is None for c in self.lateral_convs + self.output_convs):
+            raise ValueError(
+                "TorchScript scripting cannot export an FPNNeck without some lateral or output convs "
+                "(MODEL.FPN.LATERAL = False or MODEL.FPN.FINEST_ONLY = True); export it by tracing instead."
+            )
+        ret = copy.deepcopy(self)
+        ret.lateral_convs = nn.ModuleList(ret.lateral_convs)
+        ret.output_convs = nn.ModuleList(ret.output_convs)
+        for name, _ in self.named_children():
+            if name.startswith("fpn_"):
+                delattr(ret, name)
+        return ret
 
     def _fuse_top_down(self, idx: int, lateral: torch.Tensor, top_down: torch.Tensor) -> torch.Tensor:
         """Merge of lateral(C_k) and the upsampled M_{k+1}, both (N, D, H_k, W_k); ``idx`` counts

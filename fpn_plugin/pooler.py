@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torchvision.ops import RoIPool
 
-from detectron2.layers import ROIAlign, ROIAlignRotated
+from detectron2.layers import ROIAlign, ROIAlignRotated, nonzero_tuple
+from detectron2.modeling.poolers import convert_boxes_to_pooler_format
 from detectron2.structures import Boxes
 
 from .roi_align import multilevel_roi_align
@@ -60,7 +61,13 @@ class LevelMappingROIPooler(nn.Module):
 
     A drop-in replacement of Detectron2's ``ROIPooler`` (same arguments, same outputs); the new
     keyword ``impl`` picks how ROIAlign/ROIAlignV2 is computed.
+
+    Exportable by TorchScript scripting and tracing (and so to ONNX): under ``torch.jit`` it
+    always pools level by level with the RoI ops (``impl`` "per_level").
     """
+
+    # (M,) level of each RoI of the last forward; declared so that TorchScript can assign it.
+    last_levels: Optional[torch.Tensor]
 
     def __init__(
         self,
@@ -115,7 +122,7 @@ class LevelMappingROIPooler(nn.Module):
             )
         if not canonical_box_size > 0:
             raise ValueError(f"canonical_box_size (MODEL.ROI_HEADS.CANONICAL_BOX_SIZE) = {canonical_box_size} must be > 0.")
-        self.canonical_box_size = canonical_box_size
+        self.canonical_box_size = float(canonical_box_size)  # float for TorchScript; same values
         self.canonical_level = canonical_level
         self.scales = [float(s) for s in scales]
         self.sampling_ratio = int(sampling_ratio)
@@ -137,9 +144,18 @@ class LevelMappingROIPooler(nn.Module):
     def _use_embedding_bag(self, x: torch.Tensor) -> bool:
         if self.pooler_type not in ("ROIAlignV2", "ROIAlign"):
             return False
+        if torch.jit.is_scripting() or torch.jit.is_tracing():
+            return False  # its Python loop over RoI groups neither scripts nor traces
         if self.impl == "auto":
             return x.device.type == "cpu" and not torch.jit.is_tracing() and not torch.jit.is_scripting()
         return self.impl == "embedding_bag"
+
+    @torch.jit.unused
+    def _pool_embedding_bag(self, x: List[torch.Tensor], rois: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        return multilevel_roi_align(
+            list(x), rois, levels, self.scales, self.output_size, self.sampling_ratio,
+            aligned=self.pooler_type == "ROIAlignV2",
+        )
 
     def forward(self, x: List[torch.Tensor], box_lists: List[Boxes]) -> torch.Tensor:
         """
@@ -158,7 +174,11 @@ class LevelMappingROIPooler(nn.Module):
         num_channels = x[0].shape[1]
         if len(box_lists) == 0:
             return x[0].new_zeros((0, num_channels) + self.output_size)
-        rois = _boxes_to_rois(box_lists)
+        if torch.jit.is_scripting() or torch.jit.is_tracing():
+            # Detectron2's conversion: traces the per-image box counts instead of freezing them.
+            rois = convert_boxes_to_pooler_format(box_lists)
+        else:
+            rois = _boxes_to_rois(box_lists)
         if len(self.scales) == 1:
             levels = torch.zeros(rois.shape[0], dtype=torch.int64, device=rois.device)
         else:
@@ -168,15 +188,12 @@ class LevelMappingROIPooler(nn.Module):
         self.last_levels = levels + self.min_level
 
         if self._use_embedding_bag(x[0]):
-            return multilevel_roi_align(
-                list(x), rois, levels, self.scales, self.output_size, self.sampling_ratio,
-                aligned=self.pooler_type == "ROIAlignV2",
-            )
+            return self._pool_embedding_bag(x, rois, levels)
         if len(self.scales) == 1:
             return self.level_poolers[0](x[0], rois)
         output = x[0].new_zeros((rois.shape[0], num_channels) + self.output_size)
         for level, pooler in enumerate(self.level_poolers):
-            inds = torch.nonzero(levels == level, as_tuple=True)[0]
+            inds = nonzero_tuple(levels == level)[0]  # scriptable torch.nonzero(as_tuple=True)
             # index_put_ rather than advanced-index assignment (pytorch issue 49852).
             output.index_put_((inds,), pooler(x[level], rois[inds]))
         return output

@@ -28,6 +28,11 @@ class LevelMappingROIHeads(StandardROIHeads):
     ``pred_levels``, the level its RoI was pooled from.
     """
 
+    # Constants for TorchScript, so that the code of disabled heads is compiled away (Detectron2
+    # annotates StandardROIHeads so at export time; subclasses need their own annotations).
+    mask_on: torch.jit.Final[bool]
+    keypoint_on: torch.jit.Final[bool]
+
     @classmethod
     def from_config(cls, cfg, input_shape):
         in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
@@ -62,16 +67,21 @@ class LevelMappingROIHeads(StandardROIHeads):
         proposals: List[Instances],
         targets: Optional[List[Instances]] = None,
     ):
-        results = super().forward(images, features, proposals, targets)
-        levels = getattr(self.box_pooler, "last_levels", None)  # None for a pooler passed in by hand
-        if self.training and levels is not None and levels.numel() and has_event_storage():
-            storage = get_event_storage()
-            fractions = torch.bincount(levels - self.box_pooler.min_level, minlength=len(self.box_pooler.scales))
-            fractions = (fractions.float() / levels.numel()).tolist()
-            for k, frac in enumerate(fractions, start=self.box_pooler.min_level):
-                # No median smoothing: the logged fractions are one iteration's, and sum to 1.
-                storage.put_scalar(f"roi_levels/p{k}", frac, smoothing_hint=False)
-        return results
+        if self.training:
+            results = super().forward(images, features, proposals, targets)
+            levels = getattr(self.box_pooler, "last_levels", None)  # None for a pooler passed in by hand
+            if levels is not None and levels.numel() and has_event_storage():
+                storage = get_event_storage()
+                fractions = torch.bincount(levels - self.box_pooler.min_level, minlength=len(self.box_pooler.scales))
+                fractions = (fractions.float() / levels.numel()).tolist()
+                for k, frac in enumerate(fractions, start=self.box_pooler.min_level):
+                    # No median smoothing: the logged fractions are one iteration's, and sum to 1.
+                    storage.put_scalar(f"roi_levels/p{k}", frac, smoothing_hint=False)
+            return results
+        # StandardROIHeads' inference, written out because TorchScript cannot compile super().
+        pred_instances = self._forward_box(features, proposals)
+        pred_instances = self.forward_with_given_boxes(features, pred_instances)
+        return pred_instances, {}
 
     def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
         if self.training:
@@ -81,8 +91,16 @@ class LevelMappingROIHeads(StandardROIHeads):
         box_features = self.box_pooler([features[f] for f in self.box_in_features], [x.proposal_boxes for x in proposals])
         predictions = self.box_predictor(self.box_head(box_features))
         pred_instances, kept = self.box_predictor.inference(predictions, proposals)
-        levels = getattr(self.box_pooler, "last_levels", None)
+        if torch.jit.is_scripting():
+            levels = self.box_pooler.last_levels
+        else:
+            levels = getattr(self.box_pooler, "last_levels", None)
         if levels is not None:
-            for inst, keep, lv in zip(pred_instances, kept, levels.split([len(p) for p in proposals])):
+            if len(proposals) == 1:
+                # No split: under tracing its sizes would be frozen to the traced image's.
+                per_image = [levels]
+            else:
+                per_image = levels.split([len(p) for p in proposals])
+            for inst, keep, lv in zip(pred_instances, kept, per_image):
                 inst.pred_levels = lv[keep]
         return pred_instances
