@@ -45,6 +45,11 @@ def add_fpn_plugin_config(cfg: CN) -> CN:
     # convolutions, same parameters; features equal to float rounding, but near-tied proposals
     # may swap places in the ranking, so it is off by default.
     _set(_C.MODEL.FPN, "CHANNELS_LAST", False)
+    # Inference mixed precision: "" (off, float32), "float16" or "bfloat16". In eval mode the
+    # bottom-up network and the neck run under torch.autocast with this dtype and return float32
+    # features (so the RPN and RoI heads stay float32). GPU fast mode: this = "float16" plus
+    # CHANNELS_LAST True. Training mixed precision is Detectron2's SOLVER.AMP.ENABLED.
+    _set(_C.MODEL.FPN, "AUTOCAST_DTYPE", "")
 
     # --- Narrow BasicBlock ResNet ("build_basic_resnet_backbone", fpn_plugin/bottom_up.py) ---
     # Blocks in res2..res5; its widths are MODEL.RESNETS.STEM_OUT_CHANNELS and RES2_OUT_CHANNELS.

@@ -20,6 +20,7 @@ __all__ = ["FPNNeck", "LastLevelSubsample", "LastLevelP6P7", "build_fpn_neck_bac
 UPSAMPLE_MODES = ("nearest", "bilinear")
 FUSE_TYPES = ("sum", "avg")
 EXTRA_LEVEL_TYPES = ("none", "p6_subsample", "p6p7_c5", "p6p7_p5")
+AUTOCAST_DTYPES = {"": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class LastLevelSubsample(nn.Module):
@@ -88,6 +89,7 @@ class FPNNeck(Backbone):
         lateral: bool = True,
         finest_only: bool = False,
         channels_last: bool = False,
+        autocast_dtype: str = "",
     ):
         """
         Args:
@@ -110,6 +112,11 @@ class FPNNeck(Backbone):
                 layout, which CPU and GPU convolutions run faster; same parameter names and values,
                 features equal to float rounding (NHWC convolutions sum in another order)
                 (``MODEL.FPN.CHANNELS_LAST``). The outputs are channels-last too.
+            autocast_dtype: "" (float32), "float16" or "bfloat16": in eval mode, run the bottom-up
+                network and the neck under ``torch.autocast`` with this dtype and return the
+                features as float32 (``MODEL.FPN.AUTOCAST_DTYPE``; inference only, training mixed
+                precision is ``SOLVER.AMP.ENABLED``). Outputs differ from float32 by the dtype's
+                rounding (float16: ~1e-3 relative).
         """
         super().__init__()
         if not isinstance(bottom_up, Backbone):
@@ -120,6 +127,7 @@ class FPNNeck(Backbone):
         _check_in_features(in_features)
         _check_choice(fuse_type, FUSE_TYPES, "MODEL.FPN.FUSE_TYPE")
         _check_choice(upsample, UPSAMPLE_MODES, "MODEL.FPN.UPSAMPLE")
+        _check_choice(autocast_dtype, AUTOCAST_DTYPES, "MODEL.FPN.AUTOCAST_DTYPE")
         if not top_down and not lateral:
             raise ValueError(
                 "MODEL.FPN.TOP_DOWN = False and MODEL.FPN.LATERAL = False leave no path from C2..C4 to the "
@@ -189,6 +197,7 @@ class FPNNeck(Backbone):
         self._top_down = top_down
         self._square_pad = square_pad
         self._channels_last = channels_last
+        self._autocast_dtype = AUTOCAST_DTYPES[autocast_dtype]
         if channels_last:
             # Weights in NHWC order once here, so convolutions do not reorder them at every call;
             # load_state_dict copies values into these tensors and keeps their layout.
@@ -233,6 +242,7 @@ class FPNNeck(Backbone):
             "lateral": cfg.MODEL.FPN.LATERAL,
             "finest_only": finest_only,
             "channels_last": cfg.MODEL.FPN.CHANNELS_LAST,
+            "autocast_dtype": cfg.MODEL.FPN.AUTOCAST_DTYPE,
         }
 
     @property
@@ -250,6 +260,16 @@ class FPNNeck(Backbone):
         Returns:
             dict "p<k>" -> (N, out_channels, H / 2**k, W / 2**k), finest first.
         """
+        if self._autocast_dtype is not None and not self.training:
+            # The one place the inference mixed precision is applied; float32 out, so the heads
+            # (Detectron2's RPN head included) take the features as they would without it.
+            with torch.autocast(x.device.type, dtype=self._autocast_dtype):
+                features = self._pyramid(x)
+            return {k: v.float() for k, v in features.items()}
+        return self._pyramid(x)
+
+    def _pyramid(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """:meth:`forward` in the current precision."""
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         bottom_up_features = self.bottom_up(x)
