@@ -50,6 +50,10 @@ def add_fpn_plugin_config(cfg: CN) -> CN:
     # features (so the RPN and RoI heads stay float32). GPU fast mode: this = "float16" plus
     # CHANNELS_LAST True. Training mixed precision is Detectron2's SOLVER.AMP.ENABLED.
     _set(_C.MODEL.FPN, "AUTOCAST_DTYPE", "")
+    # In eval, fold each FrozenBatchNorm of the bottom-up network into the convolution before it
+    # (one pass over each feature map instead of two); parameters and state_dict unchanged,
+    # outputs equal to float rounding (fpn_plugin/frozen_bn_fold.py).
+    _set(_C.MODEL.FPN, "FOLD_FROZEN_BN", False)
 
     # --- Narrow BasicBlock ResNet ("build_basic_resnet_backbone", fpn_plugin/bottom_up.py) ---
     # Blocks in res2..res5; its widths are MODEL.RESNETS.STEM_OUT_CHANNELS and RES2_OUT_CHANNELS.

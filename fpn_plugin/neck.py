@@ -15,6 +15,8 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone
 
+from .frozen_bn_fold import fold_frozen_batchnorm
+
 __all__ = ["FPNNeck", "LastLevelSubsample", "LastLevelP6P7", "build_fpn_neck_backbone"]
 
 UPSAMPLE_MODES = ("nearest", "bilinear")
@@ -90,6 +92,7 @@ class FPNNeck(Backbone):
         finest_only: bool = False,
         channels_last: bool = False,
         autocast_dtype: str = "",
+        fold_frozen_bn: bool = False,
     ):
         """
         Args:
@@ -117,6 +120,8 @@ class FPNNeck(Backbone):
                 features as float32 (``MODEL.FPN.AUTOCAST_DTYPE``; inference only, training mixed
                 precision is ``SOLVER.AMP.ENABLED``). Outputs differ from float32 by the dtype's
                 rounding (float16: ~1e-3 relative).
+            fold_frozen_bn: in eval, fold the bottom-up network's FrozenBatchNorm layers into the
+                convolutions before them (``MODEL.FPN.FOLD_FROZEN_BN``; see ``frozen_bn_fold.py``).
         """
         super().__init__()
         if not isinstance(bottom_up, Backbone):
@@ -198,6 +203,8 @@ class FPNNeck(Backbone):
         self._square_pad = square_pad
         self._channels_last = channels_last
         self._autocast_dtype = AUTOCAST_DTYPES[autocast_dtype]
+        if fold_frozen_bn:
+            fold_frozen_batchnorm(bottom_up)
         if channels_last:
             # Weights in NHWC order once here, so convolutions do not reorder them at every call;
             # load_state_dict copies values into these tensors and keeps their layout.
@@ -243,6 +250,7 @@ class FPNNeck(Backbone):
             "finest_only": finest_only,
             "channels_last": cfg.MODEL.FPN.CHANNELS_LAST,
             "autocast_dtype": cfg.MODEL.FPN.AUTOCAST_DTYPE,
+            "fold_frozen_bn": cfg.MODEL.FPN.FOLD_FROZEN_BN,
         }
 
     @property
