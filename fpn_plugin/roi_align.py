@@ -6,8 +6,8 @@ weighted sum of rows of the feature table ``(sum_l N * H_l * W_l, C)`` (channels
 stacked) -- exactly what ``torch.nn.functional.embedding_bag(mode="sum", per_sample_weights=...)``
 computes, vectorised over channels, multi-threaded, and differentiable w.r.t. the table.
 One call pools every RoI from its own level, so there is no per-level loop; bilinear taps that
-land on the same pixel are merged first (RoIAlign is separable along y and x), and one final
-index_put puts the RoIs back in input order.
+land on the same pixel are merged first (RoIAlign is separable along y and x), and the bags are
+ordered by RoI so the pooled rows need only one transposing copy to (M, C, PH, PW).
 
 Sampling positions, weights and border rules reproduce ``torchvision.ops.roi_align`` (which
 Detectron2's ``ROIAlign`` calls), for ``aligned`` True (ROIAlignV2) and False, fixed and adaptive
@@ -186,12 +186,19 @@ def multilevel_roi_align(
         indices.append((rows[:, :, None, :, None] + xs[:, None, :, None, :]).reshape(-1))  # (n, PH, PW, gy, gx)
         weights.append((wy[sel, :, None, :gy, None] * wx[sel, None, :, None, :gx]).reshape(-1))
         bag_sizes.append(torch.full((n * ph * pw,), gy * gx, dtype=torch.long, device=device))
-    bag_sizes = torch.cat(bag_sizes)
+    # Taps are built group by group; the bags go to embedding_bag in RoI order (moving the 8-byte
+    # tap indices is cheaper than moving the pooled C-float rows back afterwards).
+    indices, weights, bag_sizes = torch.cat(indices), torch.cat(weights), torch.cat(bag_sizes)
+    starts = torch.cumsum(bag_sizes, 0) - bag_sizes  # first tap of each bag, group order
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(num_rois, device=device)
+    bags = (rank[:, None] * (ph * pw) + torch.arange(ph * pw, device=device)).reshape(-1)  # RoI order
+    sizes = bag_sizes[bags]
+    offsets = torch.cumsum(sizes, 0) - sizes
+    taps = torch.repeat_interleave(starts[bags] - offsets, sizes, output_size=indices.numel())
+    taps += torch.arange(indices.numel(), device=device)
     pooled = F.embedding_bag(
-        torch.cat(indices), table, torch.cumsum(bag_sizes, 0) - bag_sizes, mode="sum",
-        per_sample_weights=torch.cat(weights).to(table.dtype),
+        indices[taps], table, offsets, mode="sum", per_sample_weights=weights[taps].to(table.dtype),
     )
-    # Back to RoI order and to (M, C, PH, PW), in one pass.
-    pooled = pooled.view(num_rois, ph, pw, num_channels).permute(0, 3, 1, 2)
-    out = pooled.new_empty((num_rois, num_channels, ph, pw))
-    return out.index_put((order,), pooled)
+    # (M * PH * PW, C) -> (M, C, PH, PW), one transposing copy.
+    return pooled.view(num_rois, ph, pw, num_channels).permute(0, 3, 1, 2).contiguous()
