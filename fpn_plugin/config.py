@@ -45,6 +45,15 @@ def add_fpn_plugin_config(cfg: CN) -> CN:
     # convolutions, same parameters; features equal to float rounding, but near-tied proposals
     # may swap places in the ranking, so it is off by default.
     _set(_C.MODEL.FPN, "CHANNELS_LAST", False)
+    # Inference mixed precision: "" (off, float32), "float16" or "bfloat16". In eval mode the
+    # bottom-up network and the neck run under torch.autocast with this dtype and return float32
+    # features (so the RPN and RoI heads stay float32). GPU fast mode: this = "float16" plus
+    # CHANNELS_LAST True. Training mixed precision is Detectron2's SOLVER.AMP.ENABLED.
+    _set(_C.MODEL.FPN, "AUTOCAST_DTYPE", "")
+    # In eval, fold each FrozenBatchNorm of the bottom-up network into the convolution before it
+    # (one pass over each feature map instead of two); parameters and state_dict unchanged,
+    # outputs equal to float rounding (fpn_plugin/frozen_bn_fold.py).
+    _set(_C.MODEL.FPN, "FOLD_FROZEN_BN", False)
     # Read by the "build_pafpn_neck_backbone" neck only (fpn_plugin/path_aggregation.py), which
     # also accepts MODEL.FPN.FUSE_TYPE "weighted" (EfficientDet's fast normalized fusion, BiFPN-style).
     # PATH_AUGMENTATION: PANet's bottom-up path N_{k+1} = conv3x3(conv3x3_s2(N_k) + P_{k+1}) after the FPN.

@@ -16,11 +16,14 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone
 
+from .frozen_bn_fold import fold_frozen_batchnorm
+
 __all__ = ["FPNNeck", "LastLevelSubsample", "LastLevelP6P7", "build_fpn_neck_backbone"]
 
 UPSAMPLE_MODES = ("nearest", "bilinear")
 FUSE_TYPES = ("sum", "avg")
 EXTRA_LEVEL_TYPES = ("none", "p6_subsample", "p6p7_c5", "p6p7_p5")
+AUTOCAST_DTYPES = {"": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class LastLevelSubsample(nn.Module):
@@ -89,6 +92,8 @@ class FPNNeck(Backbone):
         lateral: bool = True,
         finest_only: bool = False,
         channels_last: bool = False,
+        autocast_dtype: str = "",
+        fold_frozen_bn: bool = False,
     ):
         """
         Args:
@@ -111,6 +116,13 @@ class FPNNeck(Backbone):
                 layout, which CPU and GPU convolutions run faster; same parameter names and values,
                 features equal to float rounding (NHWC convolutions sum in another order)
                 (``MODEL.FPN.CHANNELS_LAST``). The outputs are channels-last too.
+            autocast_dtype: "" (float32), "float16" or "bfloat16": in eval mode, run the bottom-up
+                network and the neck under ``torch.autocast`` with this dtype and return the
+                features as float32 (``MODEL.FPN.AUTOCAST_DTYPE``; inference only, training mixed
+                precision is ``SOLVER.AMP.ENABLED``). Outputs differ from float32 by the dtype's
+                rounding (float16: ~1e-3 relative).
+            fold_frozen_bn: in eval, fold the bottom-up network's FrozenBatchNorm layers into the
+                convolutions before them (``MODEL.FPN.FOLD_FROZEN_BN``; see ``frozen_bn_fold.py``).
         """
         super().__init__()
         if not isinstance(bottom_up, Backbone):
@@ -121,6 +133,7 @@ class FPNNeck(Backbone):
         _check_in_features(in_features)
         _check_choice(fuse_type, FUSE_TYPES, "MODEL.FPN.FUSE_TYPE")
         _check_choice(upsample, UPSAMPLE_MODES, "MODEL.FPN.UPSAMPLE")
+        _check_choice(autocast_dtype, AUTOCAST_DTYPES, "MODEL.FPN.AUTOCAST_DTYPE")
         if not top_down and not lateral:
             raise ValueError(
                 "MODEL.FPN.TOP_DOWN = False and MODEL.FPN.LATERAL = False leave no path from C2..C4 to the "
@@ -190,6 +203,9 @@ class FPNNeck(Backbone):
         self._top_down = top_down
         self._square_pad = square_pad
         self._channels_last = channels_last
+        self._autocast_dtype = AUTOCAST_DTYPES[autocast_dtype]
+        if fold_frozen_bn:
+            fold_frozen_batchnorm(bottom_up)
         if channels_last:
             # Weights in NHWC order once here, so convolutions do not reorder them at every call;
             # load_state_dict copies values into these tensors and keeps their layout.
@@ -234,6 +250,8 @@ class FPNNeck(Backbone):
             "lateral": cfg.MODEL.FPN.LATERAL,
             "finest_only": finest_only,
             "channels_last": cfg.MODEL.FPN.CHANNELS_LAST,
+            "autocast_dtype": cfg.MODEL.FPN.AUTOCAST_DTYPE,
+            "fold_frozen_bn": cfg.MODEL.FPN.FOLD_FROZEN_BN,
         }
 
     @property
@@ -251,6 +269,16 @@ class FPNNeck(Backbone):
         Returns:
             dict "p<k>" -> (N, out_channels, H / 2**k, W / 2**k), finest first.
         """
+        if self._autocast_dtype is not None and not self.training:
+            # The one place the inference mixed precision is applied; float32 out, so the heads
+            # (Detectron2's RPN head included) take the features as they would without it.
+            with torch.autocast(x.device.type, dtype=self._autocast_dtype):
+                features = self._pyramid(x)
+            return {k: v.float() for k, v in features.items()}
+        return self._pyramid(x)
+
+    def _pyramid(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """:meth:`forward` in the current precision."""
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         bottom_up_features = self.bottom_up(x)

@@ -153,3 +153,33 @@ def test_bad_arguments_name_the_key(kwargs, words):
         LevelMappingROIPooler(**args)
     for w in words:
         assert w in str(e.value)
+
+
+def test_reused_workspace_gives_the_same_outputs_and_is_never_used_with_grad():
+    """The inference workspace (the channels-last table kept between calls) changes no number,
+    follows changing feature sizes, and is bypassed when gradients flow to the features."""
+    import copy
+
+    g = torch.Generator().manual_seed(5)
+    fresh = LevelMappingROIPooler(7, SCALES, 0, "ROIAlignV2", reuse_workspace=False)
+    reused = LevelMappingROIPooler(7, SCALES, 0, "ROIAlignV2")
+    with torch.no_grad():
+        for height, width in ((224, 320), (160, 192), (256, 352)):  # smaller then larger than the kept table
+            feats = _features(generator=g, height=height, width=width)
+            boxes = [Boxes(random_boxes(80, height, width, g, 4.0, 300.0)) for _ in range(2)]
+            a = reused(feats, boxes)
+            table = reused._workspace["table"]
+            assert table.numel() >= sum(f.numel() for f in feats)
+            assert torch.equal(a, fresh(feats, boxes))
+            assert torch.equal(reused(feats, boxes), a)  # a second call reads the refilled table
+            assert reused._workspace["table"] is table
+    assert not fresh._workspace
+    clone = copy.deepcopy(reused)  # the lock and the cache are not copied
+    assert not clone._workspace and torch.equal(clone(feats, boxes), a)
+    reused.release_workspace()
+    assert not reused._workspace
+    leaves = [f.clone().requires_grad_() for f in feats]
+    out = reused(leaves, boxes)
+    assert out.requires_grad and not reused._workspace
+    out.sum().backward()
+    assert all(f.grad is not None for f in leaves)

@@ -11,6 +11,9 @@ reported is the median of ``--reps`` repetitions after ``--warmup`` untimed ones
     python tools/benchmark.py --images 'datasets/coco/val2017/*.jpg' --weights model_final_b275ba.pkl
     python tools/benchmark.py --device cuda --threads 8
     python tools/benchmark.py --config-file configs/my_fpn.yaml --opts MODEL.FPN.CHANNELS_LAST True
+    # GPU fast mode (float16 autocast + channels-last, inference) against Detectron2 in float32:
+    python tools/benchmark.py --device cuda --only neck,end_to_end,memory \
+        --opts MODEL.FPN.AUTOCAST_DTYPE float16 MODEL.FPN.CHANNELS_LAST True
 
 Models: the plugin's ``configs/fpn_r50.yaml`` against Detectron2's
 ``COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml``; with ``--config-file X`` the reference is X with
@@ -824,6 +827,7 @@ def environment(b: Bench) -> Dict:
         "images": b.args.images or f"random {b.args.size[0]}x{b.args.size[1]}",
         "image_sizes": [list(s) for s in images.image_sizes], "padded_batch_size": list(images.tensor.shape[-2:]),
         "batch": b.args.batch, "reps": b.args.reps, "warmup": b.args.warmup, "seed": b.args.seed,
+        "opts": list(b.args.opts),
     }
 
 
@@ -848,6 +852,9 @@ def format_report(env: Dict, results: Dict, checks: Dict, counts: Dict, notes: L
         f"- images: {env['images']}, sizes {env['image_sizes']} (padded {env['padded_batch_size']}); weights: {env['weights']}",
         f"- median of {env['reps']} repetitions after {env['warmup']} warm-up ones, the two models alternated (A, B, A, B, ...)",
     ]
+    if env.get("opts"):
+        # Plugin-only keys (MODEL.FPN.AUTOCAST_DTYPE, CHANNELS_LAST) leave Detectron2's model in float32, NCHW.
+        lines.append(f"- config overrides (both models; Detectron2's components ignore the plugin's keys): {' '.join(map(str, env['opts']))}")
     for key, value in counts.items():
         lines.append(f"- RPN proposals per image, {key}: {_summarise(value)}")
     for key, value in checks.items():
