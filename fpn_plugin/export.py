@@ -14,6 +14,7 @@ before the final rescale to the original image size, as Detectron2's exported mo
 
 Rescale to the original image with ``detectron2.modeling.postprocessing.detector_postprocess``.
 """
+import copy
 import math
 import re
 from typing import Dict, List, Sequence, Tuple
@@ -110,12 +111,14 @@ class _ScriptableDetector(nn.Module):
 def export_scripting(model: GeneralizedRCNN) -> torch.jit.ScriptModule:
     """``torch.jit.script`` of the detector (through ``detectron2.export.scripting_with_instances``).
 
-    The result works on any image size; call it as ``ts(({"image": image},))``.
+    The result works on any image size; call it as ``ts(({"image": image},))``. ``model`` itself is
+    left unchanged: scripting registers some of its submodules under new names (Detectron2's ResNet
+    stages), which would change its ``state_dict`` keys, so a copy is scripted.
     """
     path = "TorchScript scripting"
     _check_model(model, path)
     try:
-        return scripting_with_instances(_ScriptableDetector(model).eval(), SCRIPTING_FIELDS)
+        return scripting_with_instances(_ScriptableDetector(copy.deepcopy(model)).eval(), SCRIPTING_FIELDS)
     except Exception as e:
         raise ExportError(path, _first_line(e), "tracing (--export-method tracing)") from e
 

@@ -206,3 +206,12 @@ def test_tool_refuses_onnx_by_scripting(tmp_path):
     ])
     assert code == 2
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_scripting_leaves_the_eager_model_unchanged(r50_pair):
+    # Scripting registers Detectron2's ResNet stages under new names; done on the user's model it
+    # would change the keys of every checkpoint saved from it afterwards.
+    _, ours, _ = r50_pair
+    keys = list(ours.state_dict())
+    export_scripting(ours)
+    assert list(ours.state_dict()) == keys
