@@ -12,16 +12,15 @@ import sys
 import pytest
 import torch
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import GeneralizedRCNN
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.poolers import ROIPooler
 
 from fpn_plugin import FPNNeck, LevelMappingROIHeads, LevelMappingROIPooler, SharedAnchorGenerator
-from fpn_plugin.data import SHAPE_KEYPOINT_NAMES, SHAPES_TRAIN, SHAPES_VAL
+from fpn_plugin.data import SHAPE_KEYPOINT_NAMES
 from fpn_plugin.trainer import FPNTrainer
 from tests.conftest import REPO, build_parity_pair
-from tests.test_training import TINY, read_metrics, tiny_cfg
+from tests.test_training import _cleanup_catalog, data_root, TINY, read_metrics, tiny_cfg  # noqa: F401  (fixtures)
 
 # name -> (Detectron2's built-in config, ours)
 DETECTORS = {
@@ -144,19 +143,6 @@ EVAL_OPTS = [
     "TEST.DETECTIONS_PER_IMAGE", 10,
 ]
 
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("fpn_data"))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cleanup_catalog():
-    yield
-    for name in (SHAPES_TRAIN, SHAPES_VAL):
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
 
 
 @pytest.mark.parametrize("name", list(SMALL))

@@ -38,7 +38,7 @@ if "--verbose" not in sys.argv:
 
 import torch  # noqa: E402
 
-import fpn_plugin  # noqa: E402  (registers the components)
+import fpn_plugin  # noqa: E402,F401  (registers the components)
 import detectron2.data.transforms as T  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
