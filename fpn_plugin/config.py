@@ -35,11 +35,11 @@ def add_fpn_plugin_config(cfg: CN) -> CN:
     # Levels above the last input: "none"; "p6_subsample" (P6 = stride-2 subsampling of P5, the
     # paper); "p6p7_c5" or "p6p7_p5" (P6, P7 by stride-2 3x3 convs from C5 or from P5, RetinaNet).
     _set(_C.MODEL.FPN, "EXTRA_LEVELS", "p6_subsample")
-    # Paper ablations (Table 3). TOP_DOWN=False: bottom-up pyramid, no top-down pathway (row b).
+    # Paper ablations (Tables 1-2). TOP_DOWN=False: bottom-up pyramid, no top-down pathway (row d).
     _set(_C.MODEL.FPN, "TOP_DOWN", True)
-    # LATERAL=False: top-down pyramid without 1x1 lateral connections (row c).
+    # LATERAL=False: top-down pyramid without 1x1 lateral connections (row e).
     _set(_C.MODEL.FPN, "LATERAL", True)
-    # FINEST_ONLY=True: the full pyramid is built but only the finest map (P2) is output (row d).
+    # FINEST_ONLY=True: the full pyramid is built but only the finest map (P2) is output (row f).
     _set(_C.MODEL.FPN, "FINEST_ONLY", False)
     # Run the bottom-up network and the neck in channels-last (NHWC) memory layout: faster
     # convolutions, same parameters; features equal to float rounding, but near-tied proposals

@@ -108,10 +108,10 @@ class FPNNeck(Backbone):
             fuse_type: merge of lateral and top-down maps, "sum" (the paper) or "avg" (``MODEL.FPN.FUSE_TYPE``).
             square_pad: if > 0, images are padded to this square size.
             upsample: "nearest" (the paper) or "bilinear" x2 top-down upsampling (``MODEL.FPN.UPSAMPLE``).
-            top_down: False removes the top-down pathway: P_k = conv3x3(lateral(C_k)) (Table 3, row b).
+            top_down: False removes the top-down pathway: P_k = conv3x3(lateral(C_k)) (Tables 1-2, row d).
             lateral: False removes the 1x1 lateral connections below the coarsest level:
-                P_k = conv3x3(upsample(M_{k+1})) (Table 3, row c).
-            finest_only: True outputs only the finest level (Table 3, row d); ``top_block`` must be None.
+                P_k = conv3x3(upsample(M_{k+1})) (Tables 1-2, row e).
+            finest_only: True outputs only the finest level (Tables 1-2, row f); ``top_block`` must be None.
             channels_last: run the bottom-up network and the neck in channels-last (NHWC) memory
                 layout, which CPU and GPU convolutions run faster; same parameter names and values,
                 features equal to float rounding (NHWC convolutions sum in another order)

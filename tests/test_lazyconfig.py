@@ -196,19 +196,7 @@ def twin_pair(request):
     """(Detectron2's model, ours with Detectron2's weights, load result), eval mode."""
     torch.manual_seed(0)
     ref = instantiate(LazyConfig.load(detectron2_config_file(DETECTRON2_TWINS[request.param])).model).eval()
-    if hasattr(ref, "roi_heads"):
-        make_trained_like(ref)
-        if hasattr(ref.roi_heads, "keypoint_head"):
-            # Untrained heatmap logits on R50's large features overflow exp() in Detectron2's
-            # keypoint decoding (NaN scores); small ones keep every score finite.
-            with torch.no_grad():
-                ref.roi_heads.keypoint_head.score_lowres.weight.mul_(1e-4)
-    else:
-        # RetinaNet: untrained heads on R50's large features give logits and deltas in the tens
-        # (scores saturate, boxes blow up); small ones give spread scores around the 0.01 prior.
-        with torch.no_grad():
-            ref.head.cls_score.weight.mul_(1e-3)
-            ref.head.bbox_pred.weight.mul_(1e-3)
+    make_trained_like(ref)  # Faster/Mask/Keypoint R-CNN and RetinaNet alike
     ours = lazy_model(request.param)
     result = ours.load_state_dict(ref.state_dict(), strict=True)
     return ref, ours, result
