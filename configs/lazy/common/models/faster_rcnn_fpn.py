@@ -21,6 +21,19 @@ from fpn_plugin import FPNNeck, LastLevelSubsample, LevelMappingROIHeads, LevelM
 # 1 / stride of P2..P5, the levels RoIs are pooled from.
 POOLED_SCALES = (1.0 / 4, 1.0 / 8, 1.0 / 16, 1.0 / 32)
 
+
+def head_pooler(output_size: int):
+    """The pooler of a mask or keypoint head added to ``model.roi_heads``: ``output_size`` bins,
+    pooled from P2..P5 by Eqn. (1) with the box pooler's s0 and k0."""
+    return L(LevelMappingROIPooler)(
+        output_size=output_size,
+        scales=POOLED_SCALES,
+        sampling_ratio=0,
+        pooler_type="ROIAlignV2",
+        canonical_box_size="${..box_pooler.canonical_box_size}",
+        canonical_level="${..box_pooler.canonical_level}",
+    )
+
 model = L(GeneralizedRCNN)(
     backbone=L(FPNNeck)(
         bottom_up=L(ResNet)(

@@ -6,21 +6,12 @@ from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import KRCNNConvDeconvUpsampleHead
 
-from fpn_plugin import LevelMappingROIPooler
-
-from .faster_rcnn_fpn import POOLED_SCALES, model
+from .faster_rcnn_fpn import head_pooler, model
 
 model.roi_heads.update(
     num_classes=1,  # person
     keypoint_in_features=["p2", "p3", "p4", "p5"],
-    keypoint_pooler=L(LevelMappingROIPooler)(
-        output_size=14,
-        scales=POOLED_SCALES,
-        sampling_ratio=0,
-        pooler_type="ROIAlignV2",
-        canonical_box_size="${..box_pooler.canonical_box_size}",
-        canonical_level="${..box_pooler.canonical_level}",
-    ),
+    keypoint_pooler=head_pooler(14),
     keypoint_head=L(KRCNNConvDeconvUpsampleHead)(
         input_shape=ShapeSpec(channels=256, width=14, height=14),
         num_keypoints=17,

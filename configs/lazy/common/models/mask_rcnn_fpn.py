@@ -6,20 +6,11 @@ from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import MaskRCNNConvUpsampleHead
 
-from fpn_plugin import LevelMappingROIPooler
-
-from .faster_rcnn_fpn import POOLED_SCALES, model
+from .faster_rcnn_fpn import head_pooler, model
 
 model.roi_heads.update(
     mask_in_features=["p2", "p3", "p4", "p5"],
-    mask_pooler=L(LevelMappingROIPooler)(
-        output_size=14,
-        scales=POOLED_SCALES,
-        sampling_ratio=0,
-        pooler_type="ROIAlignV2",
-        canonical_box_size="${..box_pooler.canonical_box_size}",
-        canonical_level="${..box_pooler.canonical_level}",
-    ),
+    mask_pooler=head_pooler(14),
     # 4 x (3x3 conv, 256) + 2x deconv + per-class 1x1 conv: 28x28 masks.
     mask_head=L(MaskRCNNConvUpsampleHead)(
         input_shape=ShapeSpec(channels=256, width=14, height=14),
