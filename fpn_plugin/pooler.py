@@ -49,14 +49,6 @@ def assign_boxes_to_levels(
     return levels.to(torch.int64) - min_level
 
 
-def _boxes_to_rois(box_lists: List[Boxes]) -> torch.Tensor:
-    """N Boxes -> (M, 5) rows of (batch index, box...), the format of the RoI ops."""
-    boxes = torch.cat([b.tensor for b in box_lists], dim=0)
-    counts = torch.tensor([len(b) for b in box_lists], device=boxes.device)
-    batch_index = torch.repeat_interleave(torch.arange(len(box_lists), dtype=boxes.dtype, device=boxes.device), counts)
-    return torch.cat([batch_index[:, None], boxes], dim=1)
-
-
 class LevelMappingROIPooler(nn.Module):
     """Pools a fixed-size feature for every RoI from the level chosen by Eqn. (1).
 
@@ -201,11 +193,9 @@ class LevelMappingROIPooler(nn.Module):
         num_channels = x[0].shape[1]
         if len(box_lists) == 0:
             return x[0].new_zeros((0, num_channels) + self.output_size)
-        if torch.jit.is_scripting() or torch.jit.is_tracing():
-            # Detectron2's conversion: traces the per-image box counts instead of freezing them.
-            rois = convert_boxes_to_pooler_format(box_lists)
-        else:
-            rois = _boxes_to_rois(box_lists)
+        # Detectron2's conversion: (M, 5) rows of (batch index, box); it also traces the per-image
+        # box counts instead of freezing them, so exported models take any number of boxes.
+        rois = convert_boxes_to_pooler_format(box_lists)
         if len(self.scales) == 1:
             levels = torch.zeros(rois.shape[0], dtype=torch.int64, device=rois.device)
         else:
