@@ -14,7 +14,15 @@ from detectron2.utils.logger import setup_logger
 
 from .mapper import CheckedDatasetMapper
 
-__all__ = ["FPNTrainer"]
+__all__ = ["FPNTrainer", "create_ddp_model_any_device"]
+
+
+def create_ddp_model_any_device(model, **kwargs):
+    """Detectron2's ``create_ddp_model`` for CUDA and CPU models alike: a CPU model gets no
+    ``device_ids`` (Detectron2 passes the local GPU's, which fails without one)."""
+    if next(model.parameters()).device.type != "cuda":
+        kwargs["device_ids"] = None
+    return create_ddp_model(model, **kwargs)
 
 
 class _Progress:
@@ -47,9 +55,7 @@ class FPNTrainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
-        on_gpu = next(model.parameters()).device.type == "cuda"
-        ddp_args = {} if on_gpu else {"device_ids": None}
-        model = create_ddp_model(model, broadcast_buffers=False, **ddp_args)
+        model = create_ddp_model_any_device(model, broadcast_buffers=False)
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))

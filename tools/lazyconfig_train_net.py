@@ -37,11 +37,11 @@ from detectron2.engine import (  # noqa: E402
     hooks,
     launch,
 )
-from detectron2.engine.defaults import create_ddp_model  # noqa: E402
 from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
 from fpn_plugin.data import register_shapes_datasets  # noqa: E402
+from fpn_plugin.trainer import create_ddp_model_any_device  # noqa: E402
 
 logger = logging.getLogger("detectron2")
 
@@ -77,11 +77,8 @@ def register_datasets(cfg):
 
 
 def ddp(model, cfg):
-    """``create_ddp_model`` that also works for CPU models (no device ids)."""
-    kwargs = dict(cfg.train.get("ddp", {}))
-    if next(model.parameters()).device.type != "cuda":
-        kwargs["device_ids"] = None
-    return create_ddp_model(model, **kwargs)
+    """``create_ddp_model`` with the config's ``train.ddp`` options, on GPU or CPU."""
+    return create_ddp_model_any_device(model, **cfg.train.get("ddp", {}))
 
 
 def do_test(cfg, model):
