@@ -8,6 +8,9 @@ config by changing the three ``NAME`` keys, and back.
 """
 import importlib.util
 import os
+from typing import Optional
+
+import torch
 
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
@@ -121,3 +124,13 @@ def detectron2_config_file(name: str) -> str:
         f"Detectron2's built-in config {name!r} was not found (looked in {candidates}). "
         "Install Detectron2 from its source so its configs are included (see README.md)."
     )
+
+
+def fall_back_to_cpu(cfg: CN) -> Optional[str]:
+    """Set ``MODEL.DEVICE`` to "cpu" (in place, ``cfg`` not frozen) when it names CUDA and no GPU is
+    available, as the tools do rather than fail; returns the message to show then, else None."""
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        message = f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no GPU is available: running on CPU."
+        cfg.MODEL.DEVICE = "cpu"
+        return message
+    return None

@@ -234,3 +234,15 @@ def test_missing_detectron2_says_how_to_install():
     )
     assert proc.returncode != 0
     assert "pip install" in proc.stderr and "detectron2" in proc.stderr and "README" in proc.stderr
+
+
+def test_fall_back_to_cpu_only_without_a_gpu(monkeypatch):
+    from fpn_plugin.config import fall_back_to_cpu, get_plugin_cfg
+
+    cfg = get_plugin_cfg()
+    cfg.MODEL.DEVICE = "cuda:0"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert fall_back_to_cpu(cfg) is None and cfg.MODEL.DEVICE == "cuda:0"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    message = fall_back_to_cpu(cfg)
+    assert cfg.MODEL.DEVICE == "cpu" and "'cuda:0'" in message and "running on CPU" in message

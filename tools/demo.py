@@ -37,7 +37,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import fpn_plugin  # noqa: E402  (registers the components)
@@ -49,6 +48,7 @@ from detectron2.utils.colormap import colormap  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from detectron2.utils.visualizer import ColorMode, GenericMask, Visualizer  # noqa: E402
 
+from fpn_plugin.config import fall_back_to_cpu  # noqa: E402
 from fpn_plugin.data import register_shapes_datasets  # noqa: E402
 
 logger = logging.getLogger("fpn_plugin.demo")
@@ -98,9 +98,9 @@ def setup_cfg(args):
     cfg.MODEL.RETINANET.SCORE_THRESH_TEST = args.confidence_threshold
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
     cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = args.confidence_threshold
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.info(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no GPU is available: running on CPU.")
-        cfg.MODEL.DEVICE = "cpu"
+    message = fall_back_to_cpu(cfg)
+    if message:
+        logger.info(message)
     if not cfg.MODEL.WEIGHTS:
         logger.warning("MODEL.WEIGHTS is empty: the model has random weights (pass --opts MODEL.WEIGHTS file.pth).")
     cfg.freeze()

@@ -44,7 +44,7 @@ from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
-from fpn_plugin.config import get_plugin_cfg  # noqa: E402
+from fpn_plugin.config import fall_back_to_cpu, get_plugin_cfg  # noqa: E402
 from fpn_plugin.export import (  # noqa: E402
     DEFAULT_OPSET,
     ExportError,
@@ -85,6 +85,9 @@ def setup_cfg(args):
     cfg = get_plugin_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    message = fall_back_to_cpu(cfg)
+    if message:
+        print(message, file=sys.stderr)
     cfg.freeze()
     return cfg
 

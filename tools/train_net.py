@@ -18,14 +18,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-import torch  # noqa: E402
-
 import fpn_plugin  # noqa: E402  (registers the components)
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
 from detectron2.evaluation import verify_results  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
+from fpn_plugin.config import fall_back_to_cpu  # noqa: E402
 from fpn_plugin.data import register_coco_folder, register_shapes_datasets_from_config  # noqa: E402
 from fpn_plugin.trainer import FPNTrainer  # noqa: E402
 
@@ -34,9 +33,9 @@ def setup(args):
     cfg = fpn_plugin.get_plugin_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        print(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no GPU is available: running on CPU.")
-        cfg.MODEL.DEVICE = "cpu"
+    message = fall_back_to_cpu(cfg)
+    if message:
+        print(message)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
