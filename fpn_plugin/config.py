@@ -57,6 +57,11 @@ def add_fpn_plugin_config(cfg: CN) -> CN:
     # (one pass over each feature map instead of two); parameters and state_dict unchanged,
     # outputs equal to float rounding (fpn_plugin/frozen_bn_fold.py).
     _set(_C.MODEL.FPN, "FOLD_FROZEN_BN", False)
+    # CPU float32 inference: run a Detectron2 ResNet bottom-up and the lateral convs on oneDNN
+    # tensors (its blocked layout), skipping the two layout conversions every NCHW convolution
+    # makes. Same kernels, bit-identical outputs (checked once per process; falls back to NCHW if
+    # not). No effect on GPU, in training, with gradients, or with the three options above.
+    _set(_C.MODEL.FPN, "CPU_BLOCKED_LAYOUT", True)
     # Read by the "build_pafpn_neck_backbone" neck only (fpn_plugin/path_aggregation.py), which
     # also accepts MODEL.FPN.FUSE_TYPE "weighted" (EfficientDet's fast normalized fusion, BiFPN-style).
     # PATH_AUGMENTATION: PANet's bottom-up path N_{k+1} = conv3x3(conv3x3_s2(N_k) + P_{k+1}) after the FPN.

@@ -16,6 +16,7 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone
 
+from .blocked_layout import blocked_conv, blocked_layout_matches, resnet_blocked_forward, supports_blocked_layout
 from .frozen_bn_fold import fold_frozen_batchnorm
 
 __all__ = ["FPNNeck", "LastLevelSubsample", "LastLevelP6P7", "build_fpn_neck_backbone"]
@@ -94,6 +95,7 @@ class FPNNeck(Backbone):
         channels_last: bool = False,
         autocast_dtype: str = "",
         fold_frozen_bn: bool = False,
+        cpu_blocked_layout: bool = True,
     ):
         """
         Args:
@@ -123,6 +125,10 @@ class FPNNeck(Backbone):
                 rounding (float16: ~1e-3 relative).
             fold_frozen_bn: in eval, fold the bottom-up network's FrozenBatchNorm layers into the
                 convolutions before them (``MODEL.FPN.FOLD_FROZEN_BN``; see ``frozen_bn_fold.py``).
+            cpu_blocked_layout: for float32 CPU inference without gradients, run a Detectron2 ResNet
+                bottom-up and the lateral convs in oneDNN's blocked layout: bit-identical outputs,
+                fewer memory passes (``MODEL.FPN.CPU_BLOCKED_LAYOUT``; see ``blocked_layout.py``).
+                Ignored with the three options above, or for a bottom-up it does not support.
         """
         super().__init__()
         if not isinstance(bottom_up, Backbone):
@@ -204,6 +210,9 @@ class FPNNeck(Backbone):
         self._square_pad = square_pad
         self._channels_last = channels_last
         self._autocast_dtype = AUTOCAST_DTYPES[autocast_dtype]
+        self._cpu_blocked_layout = (
+            cpu_blocked_layout and not (channels_last or fold_frozen_bn) and self._autocast_dtype is None
+        )
         if fold_frozen_bn:
             fold_frozen_batchnorm(bottom_up)
         if channels_last:
@@ -252,6 +261,7 @@ class FPNNeck(Backbone):
             "channels_last": cfg.MODEL.FPN.CHANNELS_LAST,
             "autocast_dtype": cfg.MODEL.FPN.AUTOCAST_DTYPE,
             "fold_frozen_bn": cfg.MODEL.FPN.FOLD_FROZEN_BN,
+            "cpu_blocked_layout": cfg.MODEL.FPN.CPU_BLOCKED_LAYOUT,
         }
 
     @property
@@ -281,13 +291,24 @@ class FPNNeck(Backbone):
         """:meth:`forward` in the current precision."""
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        bottom_up_features = self.bottom_up(x)
+        blocked = False
+        if not torch.jit.is_scripting():  # TorchScript does not compile this block
+            blocked = self._use_blocked_layout(x)
+        if blocked:
+            # Bottom-up outputs stay oneDNN tensors; the laterals read them without conversion.
+            bottom_up_features = self._blocked_bottom_up(x)
+        else:
+            bottom_up_features = self.bottom_up(x)
         results: List[torch.Tensor] = []  # coarsest first while building
         merged: Optional[torch.Tensor] = None
         for idx, (lateral_conv, output_conv) in enumerate(zip(self.lateral_convs, self.output_convs)):
             c = bottom_up_features[self.in_features[-idx - 1]]
+            if lateral_conv is not None:
+                lateral = self._blocked_lateral(idx, c) if blocked else lateral_conv(c)
             if merged is None or not self._top_down:
-                merged = lateral_conv(c)
+                merged = lateral if lateral_conv is not None else c
+            elif lateral_conv is not None and self._add_top_down_in_place(lateral, merged):
+                merged = lateral
             else:
                 # Sec. 3: upsample the coarser map by 2 and merge it with the 1x1-reduced C_k.
                 # size= (not scale_factor=) keeps the grids aligned for inputs of any size.
@@ -295,7 +316,7 @@ class FPNNeck(Backbone):
                 if lateral_conv is None:
                     merged = top_down
                 else:
-                    merged = self._fuse_top_down(idx, lateral_conv(c), top_down)
+                    merged = self._fuse_top_down(idx, lateral, top_down)
             if output_conv is not None:
                 # The 3x3 conv on each merged map reduces the aliasing of upsampling (Sec. 3).
                 results.append(output_conv(merged))
@@ -304,10 +325,47 @@ class FPNNeck(Backbone):
             name = self.top_block.in_feature
             if name in bottom_up_features:
                 source = bottom_up_features[name]
+                source = source.to_dense() if blocked else source
             else:
                 source = results[self._out_features.index(name)]
             results.extend(self.top_block(source))
         return {name: res for name, res in zip(self._out_features, results)}
+
+    def _use_blocked_layout(self, x: torch.Tensor) -> bool:
+        """Whether this forward takes the oneDNN blocked-layout path (see ``cpu_blocked_layout``)."""
+        if not self._cpu_blocked_layout or torch.jit.is_tracing():
+            return False
+        if self.training or torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32:
+            return False
+        if x.numel() == 0 or not all(self.lateral_convs) or not supports_blocked_layout(self.bottom_up):
+            return False
+        return blocked_layout_matches()
+
+    def _add_top_down_in_place(self, lateral: torch.Tensor, coarser: torch.Tensor) -> bool:
+        """Inference fast path of the paper's merge, lateral + nearest_x2(coarser), computed as
+        ``lateral[..., 2i + a, 2j + b] += coarser[..., i, j]`` in place: the same float additions,
+        without materialising the upsampled map and the sum (two full-size tensors at P2).
+        Returns False, doing nothing, where it does not apply."""
+        if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.is_grad_enabled():
+            return False
+        if type(self)._fuse_top_down is not FPNNeck._fuse_top_down:  # subclasses fuse their own way
+            return False
+        if self._fuse_type != "sum" or self._upsample != "nearest" or not lateral.is_contiguous():
+            return False
+        n, ch, h, w = coarser.shape
+        if lateral.shape != (n, ch, 2 * h, 2 * w):
+            return False
+        lateral.view(n, ch, h, 2, w, 2).add_(coarser[:, :, :, None, :, None])
+        return True
+
+    @torch.jit.unused
+    def _blocked_bottom_up(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return resnet_blocked_forward(self.bottom_up, x)
+
+    @torch.jit.unused
+    def _blocked_lateral(self, idx: int, c: torch.Tensor) -> torch.Tensor:
+        """Lateral conv ``idx`` (coarsest first) of a oneDNN tensor C_k, as an NCHW tensor."""
+        return blocked_conv(self.lateral_convs[idx], c).to_dense()
 
     def __prepare_scriptable__(self) -> "FPNNeck":
         """Called by ``torch.jit.script``: a copy whose conv lists are ModuleLists, which TorchScript

@@ -82,6 +82,7 @@ import detectron2  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 
+from fpn_plugin.blocked_layout import resnet_blocked_forward  # noqa: E402
 from fpn_plugin.config import detectron2_config_file, get_plugin_cfg  # noqa: E402
 from fpn_plugin.workload import make_trained_like, random_boxes  # noqa: E402
 
@@ -434,6 +435,14 @@ def _bottom_up_input(backbone, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _bottom_up_call(backbone, x: torch.Tensor):
+    """The bottom-up pass as the backbone runs it, NCHW outputs: oneDNN's blocked layout where
+    MODEL.FPN.CPU_BLOCKED_LAYOUT applies (outputs converted back, as if returned)."""
+    if getattr(backbone, "_use_blocked_layout", None) is not None and backbone._use_blocked_layout(x):
+        return lambda: {k: v.to_dense() for k, v in resnet_blocked_forward(backbone.bottom_up, x).items()}
+    return lambda: backbone.bottom_up(x)
+
+
 def measure_neck(b: Bench) -> Dict:
     """``backbone(images.tensor)`` (bottom-up + FPN), the bottom-up alone, and the FPN layers alone."""
     a = b.args
@@ -441,8 +450,7 @@ def measure_neck(b: Bench) -> Dict:
     backbones = {w: m.backbone for w, m in b.models.items()}
     res, out = {}, {}
     with torch.no_grad():
-        res["bottom_up"] = {w: (lambda bb=bb, x=_bottom_up_input(bb, images[w]): bb.bottom_up(x))
-                            for w, bb in backbones.items()}
+        res["bottom_up"] = {w: _bottom_up_call(bb, _bottom_up_input(bb, images[w])) for w, bb in backbones.items()}
         res["neck"] = {w: (lambda bb=bb, x=images[w]: bb(x)) for w, bb in backbones.items()}
         cached = {w: bb.bottom_up(_bottom_up_input(bb, images[w])) for w, bb in backbones.items()}
         originals = {w: bb.bottom_up for w, bb in backbones.items()}
@@ -817,6 +825,9 @@ def environment(b: Bench) -> Dict:
         except (OSError, StopIteration):
             pass
     images, _ = b.batch("detectron2")
+    with torch.no_grad():
+        neck = b.ours.backbone
+        blocked = bool(getattr(neck, "_use_blocked_layout", None) and neck._use_blocked_layout(images.tensor))
     return {
         "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
         "detectron2": detectron2.__version__, "fpn_plugin": fpn_plugin.__version__,
@@ -828,6 +839,7 @@ def environment(b: Bench) -> Dict:
         "image_sizes": [list(s) for s in images.image_sizes], "padded_batch_size": list(images.tensor.shape[-2:]),
         "batch": b.args.batch, "reps": b.args.reps, "warmup": b.args.warmup, "seed": b.args.seed,
         "opts": list(b.args.opts),
+        "cpu_blocked_layout_active": blocked,
     }
 
 
@@ -852,6 +864,7 @@ def format_report(env: Dict, results: Dict, checks: Dict, counts: Dict, notes: L
         f"- images: {env['images']}, sizes {env['image_sizes']} (padded {env['padded_batch_size']}); weights: {env['weights']}",
         f"- median of {env['reps']} repetitions after {env['warmup']} warm-up ones, the two models alternated (A, B, A, B, ...)",
     ]
+    lines.append(f"- oneDNN blocked-layout inference (MODEL.FPN.CPU_BLOCKED_LAYOUT) active: {env.get('cpu_blocked_layout_active')}")
     if env.get("opts"):
         # Plugin-only keys (MODEL.FPN.AUTOCAST_DTYPE, CHANNELS_LAST) leave Detectron2's model in float32, NCHW.
         lines.append(f"- config overrides (both models; Detectron2's components ignore the plugin's keys): {' '.join(map(str, env['opts']))}")

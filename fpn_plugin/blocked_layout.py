@@ -1,0 +1,213 @@
+"""Bit-identical CPU inference of Detectron2's ResNet in oneDNN's blocked memory layout.
+
+On CPU, PyTorch computes float32 convolutions with oneDNN, which works in a blocked layout
+(nChw16c: 16 channels innermost). For an NCHW tensor every convolution therefore converts its
+input into that layout and its output back: two extra passes over each feature map, each into
+freshly allocated memory. Keeping the maps in oneDNN tensors (``Tensor.to_mkldnn()``) from one
+layer to the next drops those conversions while calling the same convolution primitive on the
+same data, so the results are bit-identical to the NCHW path, not merely close.
+
+The layers between convolutions are reproduced exactly too:
+
+- ReLU, the residual sum and the stem's max-pool are exact on any layout.
+- ``FrozenBatchNorm2d`` (and ``BatchNorm2d`` in eval) is ATen's ``batch_norm``, which computes
+  ``y = fma(x, a, b)`` with per-channel ``a, b`` derived from the statistics. oneDNN's batch norm
+  given mean 0, variance 1, eps 0, scale ``a`` and shift ``b`` computes the same expression; ``a``
+  and ``b`` are read back from ATen itself (``batch_norm`` of ones and zeros), so they carry
+  ATen's own rounding.
+
+Whether the two paths agree depends on the PyTorch/oneDNN build and the CPU, so
+:func:`blocked_layout_matches` checks it once per process on a small network before the path is
+ever used, and everything falls back to the NCHW path if it does not. A convolution that
+PyTorch would not run with oneDNN on an NCHW input (:func:`_dense_conv_uses_onednn`) runs on
+NCHW here too.
+"""
+import functools
+import logging
+import weakref
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.layers import Conv2d, FrozenBatchNorm2d
+from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock, ResNet
+
+__all__ = ["blocked_layout_matches", "resnet_blocked_forward", "blocked_conv", "supports_blocked_layout"]
+
+logger = logging.getLogger(__name__)
+
+_NORMS = (FrozenBatchNorm2d, nn.BatchNorm2d)
+# conv module -> (key, oneDNN weight, affine). Kept outside the modules so that deepcopy, pickle
+# and TorchScript never meet oneDNN tensors (which have no storage to copy).
+_PREPARED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _relu_like(activation) -> bool:
+    return activation in (F.relu, F.relu_, torch.relu, torch.relu_) or type(activation) is nn.ReLU
+
+
+def _conv_supported(conv: nn.Module) -> bool:
+    """A Detectron2 ``Conv2d`` (or plain ``nn.Conv2d``) whose norm and activation can be reproduced."""
+    if type(conv) is nn.Conv2d:
+        return conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+    if type(conv) is not Conv2d or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return False
+    norm = conv.norm
+    if norm is not None and type(norm) not in _NORMS:
+        return False
+    if type(norm) is nn.BatchNorm2d and (norm.running_mean is None or not norm.affine):
+        return False
+    return conv.activation is None or _relu_like(conv.activation)
+
+
+def supports_blocked_layout(bottom_up: nn.Module) -> bool:
+    """Whether ``bottom_up`` is a Detectron2 ``ResNet`` made only of parts this module reproduces:
+    ``BasicStem``, ``BottleneckBlock``/``BasicBlock`` (exact classes, no deformable convs), convs
+    with ``FrozenBatchNorm2d``/``BatchNorm2d`` or no norm, and no classifier head."""
+    if type(bottom_up) is not ResNet or type(bottom_up.stem) is not BasicStem or bottom_up.num_classes is not None:
+        return False
+    convs = [bottom_up.stem.conv1]
+    for stage in bottom_up.stages:
+        for block in stage:
+            if type(block) is BottleneckBlock:
+                convs += [block.conv1, block.conv2, block.conv3]
+            elif type(block) is BasicBlock:
+                convs += [block.conv1, block.conv2]
+            else:
+                return False
+            if block.shortcut is not None:
+                convs.append(block.shortcut)
+    return all(_conv_supported(c) for c in convs)
+
+
+def _dense_conv_uses_onednn(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    """PyTorch's rule (``ConvParams::use_mkldnn``) for a float32 CPU NCHW input: tiny 1x1
+    convolutions on one image run on its native kernel instead, whose sums differ from oneDNN's."""
+    if not torch.backends.mkldnn.is_available() or not torch._C._get_mkldnn_enabled():
+        return False
+    kh, kw = conv.weight.shape[-2:]
+    strided = any(s != 1 for s in conv.stride)
+    dilated = any(d != 1 for d in conv.dilation)
+    n, c, h, w = x.shape
+    if not (strided or dilated or n >= 16 or kh != 1 or kw != 1 or torch.get_num_threads() > 1):
+        return False
+    return conv.groups > 1 or (kh > 3 and kw > 3) or n > 1 or n * c * h * w > 20480
+
+
+def _affine(norm: nn.Module) -> torch.Tensor:
+    """(2, C) per-channel (a, b) of ATen's eval batch norm y = fma(x, a, b), read back from ATen."""
+    channels = norm.running_mean.numel()
+    zeros = torch.zeros(channels, dtype=norm.running_mean.dtype)
+    ones = torch.ones(1, channels, 1, 1, dtype=norm.running_mean.dtype)
+    # a depends on (var, eps, weight) only: with mean and bias 0 the output at x = 1 is a.
+    a = F.batch_norm(ones, zeros, norm.running_var, norm.weight, zeros, False, 0.0, norm.eps)
+    # At x = 0 the output is b.
+    b = F.batch_norm(ones * 0, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
+    return torch.stack([a.flatten(), b.flatten()])
+
+
+def _prepared(conv: nn.Module, x: torch.Tensor):
+    """(oneDNN weight, (a, b) or None): cached per module, rebuilt when a parameter or statistic
+    changes (``load_state_dict``, training) -- keyed by the tensors' addresses and versions."""
+    norm = getattr(conv, "norm", None)
+    tensors = [conv.weight] + ([conv.bias] if conv.bias is not None else [])
+    if norm is not None:
+        tensors += [norm.weight, norm.bias, norm.running_mean, norm.running_var]
+    key = tuple((t.data_ptr(), t._version) for t in tensors) + (getattr(norm, "eps", None),)
+    cache = _PREPARED.get(conv)
+    if cache is None or cache[0] != key:
+        with torch.no_grad():
+            # Weights reordered once into the layout the primitive expects (exact: a permutation);
+            # a later input of another size that wants another layout gets it reordered by oneDNN.
+            weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                conv.weight.detach().to_mkldnn(), list(conv.padding), list(conv.stride), list(conv.dilation),
+                conv.groups, list(x.shape),
+            )
+            affine = _affine(norm) if norm is not None else None
+        cache = (key, weight, affine)
+        _PREPARED[conv] = cache
+    return cache[1], cache[2]
+
+
+def blocked_conv(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` (with its norm and activation) on a oneDNN tensor ``x`` (N, C, H, W); returns one."""
+    if not _dense_conv_uses_onednn(x, conv):
+        return conv(x.to_dense()).to_mkldnn()
+    weight, affine = _prepared(conv, x)
+    bias = conv.bias.detach() if conv.bias is not None else None
+    y = torch.mkldnn_convolution(x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups)
+    if affine is not None:
+        mean, var = torch.zeros_like(affine[0]), torch.ones_like(affine[0])
+        y = torch.batch_norm(y, affine[0], affine[1], mean, var, False, 0.0, 0.0, False)
+    if getattr(conv, "activation", None) is not None:
+        y = torch.relu_(y)
+    return y
+
+
+def _block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``BottleneckBlock.forward`` / ``BasicBlock.forward`` on oneDNN tensors."""
+    out = torch.relu_(blocked_conv(block.conv1, x))
+    if type(block) is BottleneckBlock:
+        out = torch.relu_(blocked_conv(block.conv2, out))
+        out = blocked_conv(block.conv3, out)
+    else:
+        out = blocked_conv(block.conv2, out)
+    out += blocked_conv(block.shortcut, x) if block.shortcut is not None else x
+    return torch.relu_(out)
+
+
+def resnet_blocked_forward(resnet: ResNet, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """``resnet(x)`` for an NCHW float32 CPU batch ``x`` (N, 3, H, W), computed in oneDNN's layout.
+
+    Returns ``{name: oneDNN tensor (N, C, H/s, W/s)}`` for ``resnet``'s output features; the caller
+    converts with ``.to_dense()`` what it needs as NCHW. Only valid when
+    :func:`supports_blocked_layout` is True and under ``torch.no_grad()``.
+    """
+    outputs = {}
+    x = torch.relu_(blocked_conv(resnet.stem.conv1, x.to_mkldnn()))
+    x = torch.max_pool2d(x, kernel_size=3, stride=2, padding=1)  # BasicStem's pooling
+    if "stem" in resnet._out_features:
+        outputs["stem"] = x
+    for name, stage in zip(resnet.stage_names, resnet.stages):
+        for block in stage:
+            x = _block(block, x)
+        if name in resnet._out_features:
+            outputs[name] = x
+    return outputs
+
+
+@functools.lru_cache(maxsize=None)
+def blocked_layout_matches() -> bool:
+    """Once per process: does a small ResNet give bit-identical features in both layouts here?"""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    from detectron2.modeling.backbone.resnet import ResNet as _ResNet
+
+    g = torch.Generator().manual_seed(0)
+    stem = BasicStem(3, 16, norm="FrozenBN")
+    blocks = [
+        BottleneckBlock(16, 32, bottleneck_channels=16, stride=1, norm="FrozenBN"),
+        BottleneckBlock(32, 64, bottleneck_channels=16, stride=2, norm="FrozenBN"),
+        BasicBlock(64, 48, stride=2, norm="FrozenBN"),
+    ]
+    net = _ResNet(stem, [blocks[:1], blocks[1:2], blocks[2:]], out_features=["res2", "res3", "res4"]).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, FrozenBatchNorm2d)):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.3)
+            if isinstance(m, FrozenBatchNorm2d):
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g))
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.1)
+        x = torch.randn(1, 3, 192, 320, generator=g) * 50
+        dense = net(x)
+        blocked = resnet_blocked_forward(net, x)
+    ok = all(torch.equal(dense[k], blocked[k].to_dense()) for k in dense)
+    if not ok:
+        logger.warning(
+            "fpn_plugin: oneDNN blocked-layout inference does not reproduce PyTorch's NCHW results "
+            "on this machine; using the NCHW path (set MODEL.FPN.CPU_BLOCKED_LAYOUT False to skip this check)."
+        )
+    return ok

@@ -1,0 +1,165 @@
+"""oneDNN blocked-layout CPU inference (MODEL.FPN.CPU_BLOCKED_LAYOUT): bit-identical to the NCHW path."""
+import pytest
+import torch
+from torch import nn
+
+from detectron2.layers import FrozenBatchNorm2d
+from detectron2.modeling import build_backbone, build_model
+
+import fpn_plugin.neck as neck_module
+from fpn_plugin.workload import make_trained_like
+from fpn_plugin.blocked_layout import blocked_layout_matches, resnet_blocked_forward, supports_blocked_layout
+from tests.conftest import plugin_cfg
+
+
+def _realistic_statistics(model: nn.Module, seed: int = 0) -> None:
+    """Random norm statistics near identity (so 50 layers neither explode nor vanish), but no
+    affine map is trivial: every one is really exercised."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)):
+                c = m.running_mean.numel()
+                m.weight.copy_(1 + 0.1 * torch.randn(c, generator=g))
+                m.bias.copy_(0.1 * torch.randn(c, generator=g))
+                m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
+                m.running_var.copy_(0.9 + 0.2 * torch.rand(c, generator=g))
+
+
+@pytest.fixture(scope="module")
+def r50_neck():
+    torch.manual_seed(0)
+    neck = build_backbone(plugin_cfg()).eval()
+    _realistic_statistics(neck)
+    return neck
+
+
+class _Counter:
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.fn(*args, **kwargs)
+
+
+def _neck_outputs(neck, x, blocked: bool, monkeypatch):
+    counter = _Counter(neck_module.resnet_blocked_forward)
+    monkeypatch.setattr(neck_module, "resnet_blocked_forward", counter)
+    neck._cpu_blocked_layout = blocked
+    try:
+        with torch.no_grad():
+            out = neck(x)
+    finally:
+        neck._cpu_blocked_layout = True
+    assert counter.calls == (1 if blocked else 0)
+    return out
+
+
+def test_self_check_passes_on_this_machine():
+    # CI runs here: if this fails the fast path silently falls back, and the speed figures are off.
+    assert blocked_layout_matches()
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 320, 480), (2, 3, 256, 384)])
+def test_r50_neck_is_bit_identical(r50_neck, shape, monkeypatch):
+    x = torch.randn(*shape) * 60
+    dense = _neck_outputs(r50_neck, x, False, monkeypatch)
+    blocked = _neck_outputs(r50_neck, x, True, monkeypatch)
+    assert list(dense) == list(blocked) == ["p2", "p3", "p4", "p5", "p6"]
+    for k in dense:
+        assert blocked[k].layout == torch.strided and blocked[k].is_contiguous()
+        assert torch.equal(dense[k], blocked[k]), k
+
+
+def test_bottom_up_bit_identical_with_one_thread_and_a_tiny_image(r50_neck):
+    # With one thread, PyTorch runs small 1x1 convolutions on its native kernel, not oneDNN: those
+    # must run on NCHW here too, or their sums differ.
+    resnet = r50_neck.bottom_up
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x = torch.randn(1, 3, 64, 96) * 60
+        with torch.no_grad():
+            dense = resnet(x)
+            blocked = resnet_blocked_forward(resnet, x)
+    finally:
+        torch.set_num_threads(threads)
+    for k in dense:
+        assert torch.equal(dense[k], blocked[k].to_dense()), k
+
+
+def test_cached_weights_follow_load_state_dict(monkeypatch):
+    torch.manual_seed(0)
+    neck = build_backbone(plugin_cfg()).eval()
+    x = torch.randn(1, 3, 128, 192) * 60
+    _neck_outputs(neck, x, True, monkeypatch)  # fills the per-conv caches
+    _realistic_statistics(neck, seed=1)
+    state = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() and k.endswith("weight") else v
+             for k, v in neck.state_dict().items()}
+    neck.load_state_dict(state)
+    dense = _neck_outputs(neck, x, False, monkeypatch)
+    blocked = _neck_outputs(neck, x, True, monkeypatch)
+    for k in dense:
+        assert torch.equal(dense[k], blocked[k]), k
+
+
+def test_full_model_uses_it_and_outputs_are_identical(monkeypatch):
+    cfg = plugin_cfg()
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    make_trained_like(model)
+    _realistic_statistics(model)
+    image = torch.rand(3, 320, 448) * 255
+    inputs = [{"image": image, "height": 320, "width": 448}]
+    counter = _Counter(neck_module.resnet_blocked_forward)
+    monkeypatch.setattr(neck_module, "resnet_blocked_forward", counter)
+    with torch.no_grad():
+        model.backbone._cpu_blocked_layout = False
+        ref = model(inputs)[0]["instances"]
+        model.backbone._cpu_blocked_layout = True
+        got = model(inputs)[0]["instances"]
+    assert counter.calls == 1
+    assert len(ref) > 0
+    assert torch.equal(ref.pred_boxes.tensor, got.pred_boxes.tensor)
+    assert torch.equal(ref.scores, got.scores) and torch.equal(ref.pred_classes, got.pred_classes)
+
+
+def test_not_taken_where_it_does_not_apply(r50_neck, monkeypatch):
+    x = torch.randn(1, 3, 128, 192)
+    counter = _Counter(neck_module.resnet_blocked_forward)
+    monkeypatch.setattr(neck_module, "resnet_blocked_forward", counter)
+    r50_neck(x)  # gradients enabled
+    with torch.no_grad():
+        r50_neck.train()
+        try:
+            r50_neck(x)
+        finally:
+            r50_neck.eval()
+        assert not r50_neck._use_blocked_layout(x.double())  # float32 only
+        assert r50_neck._use_blocked_layout(x)
+    assert counter.calls == 0
+    for key in ("channels_last", "fold_frozen_bn"):
+        cfg = plugin_cfg()
+        cfg.MODEL.FPN[key.upper()] = True
+        assert not build_backbone(cfg)._cpu_blocked_layout, key
+
+
+def test_supported_bottom_ups():
+    assert supports_blocked_layout(build_backbone(plugin_cfg()).bottom_up)
+    assert supports_blocked_layout(build_backbone(plugin_cfg("configs/quickstart.yaml")).bottom_up)
+    cfg = plugin_cfg()
+    cfg.MODEL.RESNETS.NORM = "GN"
+    assert not supports_blocked_layout(build_backbone(cfg).bottom_up)
+
+
+def test_quickstart_backbone_with_trained_bn_is_bit_identical(monkeypatch):
+    # The quickstart bottom-up: BasicBlocks with BatchNorm2d (eval, running statistics).
+    torch.manual_seed(0)
+    neck = build_backbone(plugin_cfg("configs/quickstart.yaml")).eval()
+    _realistic_statistics(neck)
+    x = torch.randn(2, 3, 192, 256) * 60
+    dense = _neck_outputs(neck, x, False, monkeypatch)
+    blocked = _neck_outputs(neck, x, True, monkeypatch)
+    for k in dense:
+        assert torch.equal(dense[k], blocked[k]), k
