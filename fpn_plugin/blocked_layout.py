@@ -25,7 +25,7 @@ NCHW here too.
 import functools
 import logging
 import weakref
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 import torch.nn.functional as F

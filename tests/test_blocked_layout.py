@@ -7,8 +7,8 @@ from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_backbone, build_model
 
 import fpn_plugin.neck as neck_module
-from fpn_plugin.workload import make_trained_like
 from fpn_plugin.blocked_layout import blocked_layout_matches, resnet_blocked_forward, supports_blocked_layout
+from fpn_plugin.workload import make_trained_like
 from tests.conftest import plugin_cfg
 
 
