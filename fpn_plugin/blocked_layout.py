@@ -96,8 +96,9 @@ def _dense_conv_uses_onednn(x: torch.Tensor, conv: nn.Conv2d) -> bool:
     return conv.groups > 1 or (kh > 3 and kw > 3) or n > 1 or n * c * h * w > 20480
 
 
-def _affine(norm: nn.Module) -> torch.Tensor:
-    """(2, C) per-channel (a, b) of ATen's eval batch norm y = fma(x, a, b), read back from ATen."""
+def _affine(norm: nn.Module):
+    """oneDNN batch-norm arguments (a, b, mean 0, var 1), (C,) each, that compute ATen's eval batch
+    norm y = fma(x, a, b); a and b are read back from ATen."""
     channels = norm.running_mean.numel()
     zeros = torch.zeros(channels, dtype=norm.running_mean.dtype)
     ones = torch.ones(1, channels, 1, 1, dtype=norm.running_mean.dtype)
@@ -105,7 +106,7 @@ def _affine(norm: nn.Module) -> torch.Tensor:
     a = F.batch_norm(ones, zeros, norm.running_var, norm.weight, zeros, False, 0.0, norm.eps)
     # At x = 0 the output is b.
     b = F.batch_norm(ones * 0, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
-    return torch.stack([a.flatten(), b.flatten()])
+    return a.flatten(), b.flatten(), zeros, torch.ones(channels, dtype=zeros.dtype)
 
 
 def _prepared(conv: nn.Module, x: torch.Tensor):
@@ -139,8 +140,8 @@ def blocked_conv(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     bias = conv.bias.detach() if conv.bias is not None else None
     y = torch.mkldnn_convolution(x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups)
     if affine is not None:
-        mean, var = torch.zeros_like(affine[0]), torch.ones_like(affine[0])
-        y = torch.batch_norm(y, affine[0], affine[1], mean, var, False, 0.0, 0.0, False)
+        a, b, mean, var = affine
+        y = torch.batch_norm(y, a, b, mean, var, False, 0.0, 0.0, False)  # eps 0: var + eps = 1
     if getattr(conv, "activation", None) is not None:
         y = torch.relu_(y)
     return y
@@ -183,8 +184,6 @@ def blocked_layout_matches() -> bool:
     """Once per process: does a small ResNet give bit-identical features in both layouts here?"""
     if not torch.backends.mkldnn.is_available():
         return False
-    from detectron2.modeling.backbone.resnet import ResNet as _ResNet
-
     g = torch.Generator().manual_seed(0)
     stem = BasicStem(3, 16, norm="FrozenBN")
     blocks = [
@@ -192,7 +191,7 @@ def blocked_layout_matches() -> bool:
         BottleneckBlock(32, 64, bottleneck_channels=16, stride=2, norm="FrozenBN"),
         BasicBlock(64, 48, stride=2, norm="FrozenBN"),
     ]
-    net = _ResNet(stem, [blocks[:1], blocks[1:2], blocks[2:]], out_features=["res2", "res3", "res4"]).eval()
+    net = ResNet(stem, [blocks[:1], blocks[1:2], blocks[2:]], out_features=["res2", "res3", "res4"]).eval()
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, (nn.Conv2d, FrozenBatchNorm2d)):

@@ -82,7 +82,6 @@ import detectron2  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 
-from fpn_plugin.blocked_layout import resnet_blocked_forward  # noqa: E402
 from fpn_plugin.config import detectron2_config_file, get_plugin_cfg  # noqa: E402
 from fpn_plugin.workload import make_trained_like, random_boxes  # noqa: E402
 
@@ -439,7 +438,7 @@ def _bottom_up_call(backbone, x: torch.Tensor):
     """The bottom-up pass as the backbone runs it, NCHW outputs: oneDNN's blocked layout where
     MODEL.FPN.CPU_BLOCKED_LAYOUT applies (outputs converted back, as if returned)."""
     if getattr(backbone, "_use_blocked_layout", None) is not None and backbone._use_blocked_layout(x):
-        return lambda: {k: v.to_dense() for k, v in resnet_blocked_forward(backbone.bottom_up, x).items()}
+        return lambda: {k: v.to_dense() for k, v in backbone._blocked_bottom_up(x).items()}
     return lambda: backbone.bottom_up(x)
 
 
