@@ -10,6 +10,8 @@ same data, so the results are bit-identical to the NCHW path, not merely close.
 The layers between convolutions are reproduced exactly too:
 
 - ReLU, the residual sum and the stem's max-pool are exact on any layout.
+- A ``FoldedFrozenBNConv2d`` (``MODEL.FPN.FOLD_FROZEN_BN``) runs with the very folded weights and
+  bias its NCHW forward uses, so it matches that path bit for bit and has no batch-norm pass.
 - ``FrozenBatchNorm2d`` (and ``BatchNorm2d`` in eval) is ATen's ``batch_norm``, which computes
   ``y = fma(x, a, b)`` with per-channel ``a, b`` derived from the statistics. oneDNN's batch norm
   given mean 0, variance 1, eps 0, scale ``a`` and shift ``b`` computes the same expression; ``a``
@@ -34,12 +36,14 @@ from torch import nn
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock, ResNet
 
+from .frozen_bn_fold import FoldedFrozenBNConv2d, fold_frozen_batchnorm
+
 __all__ = ["blocked_layout_matches", "resnet_blocked_forward", "blocked_conv", "supports_blocked_layout"]
 
 logger = logging.getLogger(__name__)
 
 _NORMS = (FrozenBatchNorm2d, nn.BatchNorm2d)
-# conv module -> (key, oneDNN weight, affine). Kept outside the modules so that deepcopy, pickle
+# conv module -> (key, oneDNN weight, bias, affine). Kept outside the modules so that deepcopy, pickle
 # and TorchScript never meet oneDNN tensors (which have no storage to copy).
 _PREPARED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
@@ -52,7 +56,7 @@ def _conv_supported(conv: nn.Module) -> bool:
     """A Detectron2 ``Conv2d`` (or plain ``nn.Conv2d``) whose norm and activation can be reproduced."""
     if type(conv) is nn.Conv2d:
         return conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
-    if type(conv) is not Conv2d or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+    if type(conv) not in (Conv2d, FoldedFrozenBNConv2d) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         return False
     norm = conv.norm
     if norm is not None and type(norm) not in _NORMS:
@@ -65,7 +69,7 @@ def _conv_supported(conv: nn.Module) -> bool:
 def supports_blocked_layout(bottom_up: nn.Module) -> bool:
     """Whether ``bottom_up`` is a Detectron2 ``ResNet`` made only of parts this module reproduces:
     ``BasicStem``, ``BottleneckBlock``/``BasicBlock`` (exact classes, no deformable convs), convs
-    with ``FrozenBatchNorm2d``/``BatchNorm2d`` or no norm, and no classifier head."""
+    with ``FrozenBatchNorm2d``/``BatchNorm2d`` or no norm (folded or not), and no classifier head."""
     if type(bottom_up) is not ResNet or type(bottom_up.stem) is not BasicStem or bottom_up.num_classes is not None:
         return False
     convs = [bottom_up.stem.conv1]
@@ -109,9 +113,15 @@ def _affine(norm: nn.Module):
     return a.flatten(), b.flatten(), zeros, torch.ones(channels, dtype=zeros.dtype)
 
 
+def _is_folded(conv: nn.Module) -> bool:
+    """Whether ``conv`` computes with FrozenBN folded into its weights (as its NCHW forward does in eval)."""
+    return type(conv) is FoldedFrozenBNConv2d and isinstance(conv.norm, FrozenBatchNorm2d)
+
+
 def _prepared(conv: nn.Module, x: torch.Tensor):
-    """(oneDNN weight, (a, b) or None): cached per module, rebuilt when a parameter or statistic
-    changes (``load_state_dict``, training) -- keyed by the tensors' addresses and versions."""
+    """(oneDNN weight, bias or None, (a, b, mean, var) or None): cached per module, rebuilt when a
+    parameter or statistic changes (``load_state_dict``, training) -- keyed by the tensors'
+    addresses and versions."""
     norm = getattr(conv, "norm", None)
     tensors = [conv.weight] + ([conv.bias] if conv.bias is not None else [])
     if norm is not None:
@@ -120,24 +130,30 @@ def _prepared(conv: nn.Module, x: torch.Tensor):
     cache = _PREPARED.get(conv)
     if cache is None or cache[0] != key:
         with torch.no_grad():
+            if _is_folded(conv):
+                # The module's own folded tensors: the same numbers its NCHW forward convolves with.
+                weight, bias = conv._folded()
+                affine = None
+            else:
+                weight = conv.weight.detach()
+                bias = conv.bias.detach() if conv.bias is not None else None
+                affine = _affine(norm) if norm is not None else None
             # Weights reordered once into the layout the primitive expects (exact: a permutation);
             # a later input of another size that wants another layout gets it reordered by oneDNN.
             weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                conv.weight.detach().to_mkldnn(), list(conv.padding), list(conv.stride), list(conv.dilation),
+                weight.to_mkldnn(), list(conv.padding), list(conv.stride), list(conv.dilation),
                 conv.groups, list(x.shape),
             )
-            affine = _affine(norm) if norm is not None else None
-        cache = (key, weight, affine)
+        cache = (key, weight, bias, affine)
         _PREPARED[conv] = cache
-    return cache[1], cache[2]
+    return cache[1:]
 
 
 def blocked_conv(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` (with its norm and activation) on a oneDNN tensor ``x`` (N, C, H, W); returns one."""
     if not _dense_conv_uses_onednn(x, conv):
         return conv(x.to_dense()).to_mkldnn()
-    weight, affine = _prepared(conv, x)
-    bias = conv.bias.detach() if conv.bias is not None else None
+    weight, bias, affine = _prepared(conv, x)
     y = torch.mkldnn_convolution(x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups)
     if affine is not None:
         a, b, mean, var = affine
@@ -180,8 +196,9 @@ def resnet_blocked_forward(resnet: ResNet, x: torch.Tensor) -> Dict[str, torch.T
 
 
 @functools.lru_cache(maxsize=None)
-def blocked_layout_matches() -> bool:
-    """Once per process: does a small ResNet give bit-identical features in both layouts here?"""
+def blocked_layout_matches(folded: bool = False) -> bool:
+    """Once per process (and per ``folded``): does a small ResNet, with its FrozenBN folded into the
+    convolutions or not, give bit-identical features in both layouts here?"""
     if not torch.backends.mkldnn.is_available():
         return False
     g = torch.Generator().manual_seed(0)
@@ -200,13 +217,16 @@ def blocked_layout_matches() -> bool:
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g))
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.1)
+        if folded:
+            fold_frozen_batchnorm(net)
         x = torch.randn(1, 3, 192, 320, generator=g) * 50
         dense = net(x)
         blocked = resnet_blocked_forward(net, x)
     ok = all(torch.equal(dense[k], blocked[k].to_dense()) for k in dense)
     if not ok:
         logger.warning(
-            "fpn_plugin: oneDNN blocked-layout inference does not reproduce PyTorch's NCHW results "
-            "on this machine; using the NCHW path (set MODEL.FPN.CPU_BLOCKED_LAYOUT False to skip this check)."
+            "fpn_plugin: oneDNN blocked-layout inference%s does not reproduce PyTorch's NCHW results "
+            "on this machine; using the NCHW path (set MODEL.FPN.CPU_BLOCKED_LAYOUT False to skip this check).",
+            " with folded FrozenBN" if folded else "",
         )
     return ok

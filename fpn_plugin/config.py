@@ -55,12 +55,14 @@ def add_fpn_plugin_config(cfg: CN) -> CN:
     _set(_C.MODEL.FPN, "AUTOCAST_DTYPE", "")
     # In eval, fold each FrozenBatchNorm of the bottom-up network into the convolution before it
     # (one pass over each feature map instead of two); parameters and state_dict unchanged,
-    # outputs equal to float rounding (fpn_plugin/frozen_bn_fold.py).
+    # outputs equal to float rounding (fpn_plugin/frozen_bn_fold.py). Off by default because
+    # features then differ from Detectron2's in the last bits, so near-tied proposals can swap places.
     _set(_C.MODEL.FPN, "FOLD_FROZEN_BN", False)
     # CPU float32 inference: run a Detectron2 ResNet bottom-up and the lateral convs on oneDNN
     # tensors (its blocked layout), skipping the two layout conversions every NCHW convolution
-    # makes. Same kernels, bit-identical outputs (checked once per process; falls back to NCHW if
-    # not). No effect on GPU, in training, with gradients, or with the three options above.
+    # makes. Same kernels, outputs bit-identical to the NCHW path's, folded or not (checked once per
+    # process; falls back to NCHW if not). No effect on GPU, in training, with gradients, or with
+    # CHANNELS_LAST or AUTOCAST_DTYPE.
     _set(_C.MODEL.FPN, "CPU_BLOCKED_LAYOUT", True)
     # Read by the "build_pafpn_neck_backbone" neck only (fpn_plugin/path_aggregation.py), which
     # also accepts MODEL.FPN.FUSE_TYPE "weighted" (EfficientDet's fast normalized fusion, BiFPN-style).

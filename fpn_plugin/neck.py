@@ -126,9 +126,10 @@ class FPNNeck(Backbone):
             fold_frozen_bn: in eval, fold the bottom-up network's FrozenBatchNorm layers into the
                 convolutions before them (``MODEL.FPN.FOLD_FROZEN_BN``; see ``frozen_bn_fold.py``).
             cpu_blocked_layout: for float32 CPU inference without gradients, run a Detectron2 ResNet
-                bottom-up and the lateral convs in oneDNN's blocked layout: bit-identical outputs,
-                fewer memory passes (``MODEL.FPN.CPU_BLOCKED_LAYOUT``; see ``blocked_layout.py``).
-                Ignored with the three options above, or for a bottom-up it does not support.
+                bottom-up and the lateral convs in oneDNN's blocked layout: outputs bit-identical to
+                the NCHW path's (folded or not), fewer memory passes (``MODEL.FPN.CPU_BLOCKED_LAYOUT``;
+                see ``blocked_layout.py``). Ignored with ``channels_last`` or ``autocast_dtype``, or
+                for a bottom-up it does not support.
         """
         super().__init__()
         if not isinstance(bottom_up, Backbone):
@@ -210,9 +211,8 @@ class FPNNeck(Backbone):
         self._square_pad = square_pad
         self._channels_last = channels_last
         self._autocast_dtype = AUTOCAST_DTYPES[autocast_dtype]
-        self._cpu_blocked_layout = (
-            cpu_blocked_layout and not (channels_last or fold_frozen_bn) and self._autocast_dtype is None
-        )
+        self._cpu_blocked_layout = cpu_blocked_layout and not channels_last and self._autocast_dtype is None
+        self._fold_frozen_bn = fold_frozen_bn
         if fold_frozen_bn:
             fold_frozen_batchnorm(bottom_up)
         if channels_last:
@@ -339,7 +339,7 @@ class FPNNeck(Backbone):
             return False
         if x.numel() == 0 or not all(self.lateral_convs) or not supports_blocked_layout(self.bottom_up):
             return False
-        return blocked_layout_matches()
+        return blocked_layout_matches(folded=self._fold_frozen_bn)
 
     def _add_top_down_in_place(self, lateral: torch.Tensor, coarser: torch.Tensor) -> bool:
         """Inference fast path of the paper's merge, lateral + nearest_x2(coarser), computed as

@@ -18,6 +18,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .huge_pages import empty_with_huge_pages
+
 __all__ = ["multilevel_roi_align"]
 
 
@@ -84,14 +86,71 @@ def _table_memory(
     (grown when too small) when no gradient can flow to ``features``, else a fresh tensor."""
     grad = torch.is_grad_enabled() and any(f.requires_grad for f in features)
     if workspace is None or grad:
-        return features[0].new_empty(shape)
+        return empty_with_huge_pages(features[0], shape)
     numel = shape[0] * shape[1]
     buf = workspace.get("table")
     if buf is None or buf.numel() < numel or buf.dtype != features[0].dtype or buf.device != features[0].device:
         workspace.pop("table", None)  # free the old one before allocating the new one
-        buf = features[0].new_empty((numel,))
+        buf = empty_with_huge_pages(features[0], (numel,))
         workspace["table"] = buf
     return buf[:numel].view(shape)
+
+
+def _feature_table(
+    features: List[torch.Tensor],
+    levels: torch.Tensor,
+    images: torch.Tensor,
+    y_windows: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    x_windows: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    workspace: Optional[Dict[str, torch.Tensor]],
+) -> Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]:
+    """The pixels the RoIs read, channels last, as one (rows, C) table.
+
+    In inference, for each (level, image) pair the table holds the smallest box of pixels that
+    contains every window its RoIs read -- nothing for a pair without RoIs -- so a level that few
+    RoIs use costs little to copy. When gradients flow to ``features`` it holds every pixel, so
+    that every level gets a gradient (zero where no RoI reads), as with Detectron2's pooler.
+    Row of pixel (y, x) of a pair = base + (y - top) * box_width + (x - left).
+
+    Args:
+        features: L maps (N, C, H_l, W_l).
+        levels, images: (R,) int64 level and image of each RoI.
+        y_windows, x_windows: per axis, (first (R, P) first pixel of each bin's window,
+            width (R,) window length, extent (R,) H or W of the RoI's level), from :func:`_axis_taps`.
+        workspace: see :func:`multilevel_roi_align`.
+    Returns:
+        the table, and (top, left, box_width, base): (R,) int64 each, for each RoI's pair.
+    """
+    num_images = features[0].shape[0]
+    device = levels.device
+    group = levels * num_images + images  # (R,) index of the RoI's (level, image) pair
+    num_groups = len(features) * num_images
+    bounds = []
+    grad = torch.is_grad_enabled() and any(f.requires_grad for f in features)
+    for axis, (first, width, extent) in enumerate((y_windows, x_windows)):
+        if grad:
+            full = torch.tensor([f.shape[2 + axis] for f in features], device=device).repeat_interleave(num_images)
+            bounds += [torch.zeros_like(full), full]
+            continue
+        # A bin's window reads first .. first + width - 1, clamped to the map (see the taps).
+        start = torch.full((num_groups,), torch.iinfo(torch.int64).max, device=device)
+        start.scatter_reduce_(0, group, first.amin(dim=1), "amin")
+        end = torch.zeros(num_groups, dtype=torch.int64, device=device)
+        end.scatter_reduce_(0, group, torch.minimum(first.amax(dim=1) + width, extent), "amax")
+        bounds += [start, end]
+    top, bottom, left, right = bounds
+    used = bottom > 0
+    top, left = torch.where(used, top, 0), torch.where(used, left, 0)
+    box_width = right - left
+    rows = (bottom - top) * box_width
+    base = torch.cumsum(rows, 0) - rows
+    table = _table_memory(features, (int(rows.sum()), features[0].shape[1]), workspace)
+    for g, (t, b, l, r, first_row) in enumerate(torch.stack([top, bottom, left, right, base], 1).tolist()):
+        if b > t:
+            f = features[g // num_images][g % num_images]
+            box = table[first_row : first_row + (b - t) * (r - l)].view(b - t, r - l, f.shape[0])
+            box.copy_(f[:, t:b, l:r].permute(1, 2, 0))
+    return table, (top[group], left[group], box_width[group], base[group])
 
 
 def multilevel_roi_align(
@@ -129,16 +188,7 @@ def multilevel_roi_align(
     if num_rois == 0:
         return features[0].new_zeros((0, num_channels, ph, pw))
 
-    # Table of all pixels of all levels, channels last: row = level_base + (n * H + y) * W + x.
-    # One copy per level (none of the permute's own).
-    rows_per_level = [f.shape[0] * f.shape[2] * f.shape[3] for f in features]
-    table = _table_memory(features, (sum(rows_per_level), num_channels), workspace)
-    begin = 0
-    for f, rows in zip(features, rows_per_level):
-        table[begin : begin + rows].view(f.shape[0], f.shape[2], f.shape[3], num_channels).copy_(f.permute(0, 2, 3, 1))
-        begin += rows
     sizes = torch.tensor([[f.shape[2], f.shape[3]] for f in features], device=device)
-    bases = torch.tensor([0] + rows_per_level[:-1], device=device).cumsum(0)
 
     # Coordinates in the feature dtype, as torchvision does (float32 for half inputs).
     cdtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
@@ -167,7 +217,10 @@ def multilevel_roi_align(
     first_y, wy, ky = _axis_taps(y0, h, grid_h, ph, height)
     first_x, wx, kx = _axis_taps(x0, w, grid_w, pw, width)
     wy = wy / count[:, None, None]
-    row_base = bases[levels] + rois[:, 0].long() * height * width
+    table, (top, left, box_width, base) = _feature_table(
+        features, levels, rois[:, 0].long(), (first_y, ky, height), (first_x, kx, width), workspace
+    )
+    row_base = base - top * box_width - left  # row of pixel (y, x) = row_base + y * box_width + x
 
     # Every RoI's 2-D taps are the outer product of its y and x windows: ky * kx per bin. RoIs
     # with the same (ky, kx) are computed together as dense tensors, in that (sorted) order.
@@ -182,7 +235,7 @@ def multilevel_roi_align(
         gy, gx = divmod(k, 4096)
         ys = (first_y[sel, :, None] + torch.arange(gy, device=device)).clamp(max=height[sel, None, None] - 1)
         xs = (first_x[sel, :, None] + torch.arange(gx, device=device)).clamp(max=width[sel, None, None] - 1)
-        rows = row_base[sel, None, None] + ys * width[sel, None, None]  # (n, PH, gy)
+        rows = row_base[sel, None, None] + ys * box_width[sel, None, None]  # (n, PH, gy)
         indices.append((rows[:, :, None, :, None] + xs[:, None, :, None, :]).reshape(-1))  # (n, PH, PW, gy, gx)
         weights.append((wy[sel, :, None, :gy, None] * wx[sel, None, :, None, :gx]).reshape(-1))
         bag_sizes.append(torch.full((n * ph * pw,), gy * gx, dtype=torch.long, device=device))
@@ -197,8 +250,39 @@ def multilevel_roi_align(
     offsets = torch.cumsum(sizes, 0) - sizes
     taps = torch.repeat_interleave(starts[bags] - offsets, sizes, output_size=indices.numel())
     taps += torch.arange(indices.numel(), device=device)
-    pooled = F.embedding_bag(
-        indices[taps], table, offsets, mode="sum", per_sample_weights=weights[taps].to(table.dtype),
-    )
-    # (M * PH * PW, C) -> (M, C, PH, PW), one transposing copy.
-    return pooled.view(num_rois, ph, pw, num_channels).permute(0, 3, 1, 2).contiguous()
+    indices, weights = indices[taps], weights[taps].to(table.dtype)
+    if torch.is_grad_enabled() and (table.requires_grad or any(f.requires_grad for f in features)):
+        # One call: embedding_bag's backward makes a table-sized gradient per call.
+        pooled = F.embedding_bag(indices, table, offsets, mode="sum", per_sample_weights=weights)
+        # (M * PH * PW, C) -> (M, C, PH, PW), one transposing copy.
+        return pooled.view(num_rois, ph, pw, num_channels).permute(0, 3, 1, 2).contiguous()
+    return _pool_in_chunks(table, indices, weights, offsets, num_rois, (ph, pw))
+
+
+# Pooled rows per chunk in inference: small enough to stay in the L2 cache between embedding_bag
+# writing them and the transposing copy reading them, and to be reused heap memory (a single
+# M * PH * PW * C output is ~100 MB at 2x1000 RoIs, freshly mapped and page-faulted on every call).
+_CHUNK_BYTES = 2 << 20
+
+
+def _pool_in_chunks(
+    table: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, offsets: torch.Tensor, num_rois: int,
+    output_size: Tuple[int, int],
+) -> torch.Tensor:
+    """Inference: the weighted embedding-bag of :func:`multilevel_roi_align` a few RoIs at a time,
+    each chunk transposed into the (M, C, PH, PW) output while still in cache. Same sums, same
+    results as one call."""
+    ph, pw = output_size
+    num_channels = table.shape[1]
+    bins = ph * pw
+    output = empty_with_huge_pages(table, (num_rois, num_channels, ph, pw))
+    step = max(1, _CHUNK_BYTES // (bins * num_channels * table.element_size()))
+    firsts = offsets[:: step * bins].tolist() + [indices.numel()]  # first tap of each chunk
+    for chunk, m0 in enumerate(range(0, num_rois, step)):
+        m1 = min(num_rois, m0 + step)
+        t0, t1 = firsts[chunk], firsts[chunk + 1]
+        pooled = F.embedding_bag(
+            indices[t0:t1], table, offsets[m0 * bins : m1 * bins] - t0, mode="sum", per_sample_weights=weights[t0:t1],
+        )
+        output[m0:m1].copy_(pooled.view(m1 - m0, ph, pw, num_channels).permute(0, 3, 1, 2))
+    return output

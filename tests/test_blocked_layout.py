@@ -59,6 +59,7 @@ def _neck_outputs(neck, x, blocked: bool, monkeypatch):
 def test_self_check_passes_on_this_machine():
     # CI runs here: if this fails the fast path silently falls back, and the speed figures are off.
     assert blocked_layout_matches()
+    assert blocked_layout_matches(folded=True)
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 320, 480), (2, 3, 256, 384)])
@@ -139,10 +140,32 @@ def test_not_taken_where_it_does_not_apply(r50_neck, monkeypatch):
         assert not r50_neck._use_blocked_layout(x.double())  # float32 only
         assert r50_neck._use_blocked_layout(x)
     assert counter.calls == 0
-    for key in ("channels_last", "fold_frozen_bn"):
-        cfg = plugin_cfg()
-        cfg.MODEL.FPN[key.upper()] = True
-        assert not build_backbone(cfg)._cpu_blocked_layout, key
+    cfg = plugin_cfg()
+    cfg.MODEL.FPN.CHANNELS_LAST = True
+    assert not build_backbone(cfg)._cpu_blocked_layout
+
+
+def test_folded_r50_neck_is_bit_identical_to_folded_nchw(r50_neck, monkeypatch):
+    # MODEL.FPN.FOLD_FROZEN_BN: the blocked path convolves with the module's own folded weights and
+    # bias, so it equals the folded NCHW path bit for bit, runs no batch-norm pass, and stays
+    # within float rounding of the unfolded (Detectron2) features.
+    cfg = plugin_cfg()
+    cfg.MODEL.FPN.FOLD_FROZEN_BN = True
+    folded = build_backbone(cfg).eval()
+    folded.load_state_dict(r50_neck.state_dict())
+    assert folded._cpu_blocked_layout
+    x = torch.randn(1, 3, 256, 384) * 60
+    batch_norms = _Counter(torch.batch_norm)
+    monkeypatch.setattr(torch, "batch_norm", batch_norms)
+    blocked = _neck_outputs(folded, x, True, monkeypatch)
+    assert batch_norms.calls == 0
+    dense = _neck_outputs(folded, x, False, monkeypatch)
+    unfolded = _neck_outputs(r50_neck, x, False, monkeypatch)
+    for k in dense:
+        assert torch.equal(dense[k], blocked[k]), k
+        scale = unfolded[k].abs().max()
+        assert not torch.equal(unfolded[k], blocked[k]), k  # the statistics really are folded
+        assert (unfolded[k] - blocked[k]).abs().max() <= 1e-5 * scale, k
 
 
 def test_supported_bottom_ups():
