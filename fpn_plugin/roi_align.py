@@ -86,7 +86,7 @@ def _table_memory(
     (grown when too small) when no gradient can flow to ``features``, else a fresh tensor."""
     grad = torch.is_grad_enabled() and any(f.requires_grad for f in features)
     if workspace is None or grad:
-        return empty_with_huge_pages(features[0], shape)
+        return features[0].new_empty(shape)
     numel = shape[0] * shape[1]
     buf = workspace.get("table")
     if buf is None or buf.numel() < numel or buf.dtype != features[0].dtype or buf.device != features[0].device:
@@ -121,17 +121,24 @@ def _feature_table(
     Returns:
         the table, and (top, left, box_width, base): (R,) int64 each, for each RoI's pair.
     """
-    num_images = features[0].shape[0]
+    num_images, num_channels = features[0].shape[:2]
     device = levels.device
+    if torch.is_grad_enabled() and any(f.requires_grad for f in features):
+        # Every pixel, one copy (one autograd node) per level: row = level base + (n * H + y) * W + x.
+        rows_per_level = [f.shape[0] * f.shape[2] * f.shape[3] for f in features]
+        table = _table_memory(features, (sum(rows_per_level), num_channels), workspace)
+        begin = 0
+        for f, rows in zip(features, rows_per_level):
+            table[begin : begin + rows].view(f.shape[0], f.shape[2], f.shape[3], num_channels).copy_(f.permute(0, 2, 3, 1))
+            begin += rows
+        level_base = torch.tensor([0] + rows_per_level[:-1], device=device).cumsum(0)
+        height, width = y_windows[2], x_windows[2]
+        zero = torch.zeros_like(levels)
+        return table, (zero, zero, width, level_base[levels] + images * height * width)
     group = levels * num_images + images  # (R,) index of the RoI's (level, image) pair
     num_groups = len(features) * num_images
     bounds = []
-    grad = torch.is_grad_enabled() and any(f.requires_grad for f in features)
-    for axis, (first, width, extent) in enumerate((y_windows, x_windows)):
-        if grad:
-            full = torch.tensor([f.shape[2 + axis] for f in features], device=device).repeat_interleave(num_images)
-            bounds += [torch.zeros_like(full), full]
-            continue
+    for first, width, extent in (y_windows, x_windows):
         # A bin's window reads first .. first + width - 1, clamped to the map (see the taps).
         start = torch.full((num_groups,), torch.iinfo(torch.int64).max, device=device)
         start.scatter_reduce_(0, group, first.amin(dim=1), "amin")
@@ -144,11 +151,11 @@ def _feature_table(
     box_width = right - left
     rows = (bottom - top) * box_width
     base = torch.cumsum(rows, 0) - rows
-    table = _table_memory(features, (int(rows.sum()), features[0].shape[1]), workspace)
+    table = _table_memory(features, (int(rows.sum()), num_channels), workspace)
     for g, (t, b, l, r, first_row) in enumerate(torch.stack([top, bottom, left, right, base], 1).tolist()):
         if b > t:
             f = features[g // num_images][g % num_images]
-            box = table[first_row : first_row + (b - t) * (r - l)].view(b - t, r - l, f.shape[0])
+            box = table[first_row : first_row + (b - t) * (r - l)].view(b - t, r - l, num_channels)
             box.copy_(f[:, t:b, l:r].permute(1, 2, 0))
     return table, (top[group], left[group], box_width[group], base[group])
 
@@ -223,66 +230,87 @@ def multilevel_roi_align(
     row_base = base - top * box_width - left  # row of pixel (y, x) = row_base + y * box_width + x
 
     # Every RoI's 2-D taps are the outer product of its y and x windows: ky * kx per bin. RoIs
-    # with the same (ky, kx) are computed together as dense tensors, in that (sorted) order.
+    # with the same (ky, kx) are computed together as dense tensors.
     key = ky * 4096 + kx
     order = torch.argsort(key, stable=True)
     keys, counts = torch.unique_consecutive(key[order], return_counts=True)
-    indices, weights, bag_sizes = [], [], []
+    groups = []
     begin = 0
     for k, n in zip(keys.tolist(), counts.tolist()):
-        sel = order[begin : begin + n]
+        sel = order[begin : begin + n]  # ascending RoI indices (stable sort)
         begin += n
         gy, gx = divmod(k, 4096)
         ys = (first_y[sel, :, None] + torch.arange(gy, device=device)).clamp(max=height[sel, None, None] - 1)
         xs = (first_x[sel, :, None] + torch.arange(gx, device=device)).clamp(max=width[sel, None, None] - 1)
         rows = row_base[sel, None, None] + ys * box_width[sel, None, None]  # (n, PH, gy)
-        indices.append((rows[:, :, None, :, None] + xs[:, None, :, None, :]).reshape(-1))  # (n, PH, PW, gy, gx)
-        weights.append((wy[sel, :, None, :gy, None] * wx[sel, None, :, None, :gx]).reshape(-1))
-        bag_sizes.append(torch.full((n * ph * pw,), gy * gx, dtype=torch.long, device=device))
-    # Taps are built group by group; the bags go to embedding_bag in RoI order (moving the 8-byte
-    # tap indices is cheaper than moving the pooled C-float rows back afterwards).
-    indices, weights, bag_sizes = torch.cat(indices), torch.cat(weights), torch.cat(bag_sizes)
+        # (n * PH * PW bags, gy * gx taps): one bag per output bin, RoI-major.
+        indices = (rows[:, :, None, :, None] + xs[:, None, :, None, :]).reshape(n * ph * pw, gy * gx)
+        weights = (wy[sel, :, None, :gy, None] * wx[sel, None, :, None, :gx]).reshape(n * ph * pw, gy * gx)
+        groups.append((sel, indices, weights.to(table.dtype)))
+    if torch.is_grad_enabled() and (table.requires_grad or any(f.requires_grad for f in features)):
+        return _pool_in_one_call(table, groups, num_rois, (ph, pw))
+    return _pool_in_chunks(table, groups, num_rois, (ph, pw))
+
+
+def _pool_in_one_call(
+    table: torch.Tensor, groups: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]], num_rois: int,
+    output_size: Tuple[int, int],
+) -> torch.Tensor:
+    """With gradients: one embedding_bag call (its backward makes a table-sized gradient per
+    call), the bags put in RoI order first -- moving the 8-byte tap indices is cheaper than moving
+    the pooled C-float rows afterwards.
+
+    Args:
+        table: (rows, C) channels-last pixels (see :func:`_feature_table`).
+        groups: (RoI indices (n,), tap rows (n * PH * PW, K), tap weights (n * PH * PW, K)) per
+            group of RoIs with the same K taps per bin.
+    Returns:
+        (M, C, PH, PW) pooled features.
+    """
+    ph, pw = output_size
+    bins = ph * pw
+    device = table.device
+    order = torch.cat([sel for sel, _, _ in groups])
+    indices = torch.cat([idx.reshape(-1) for _, idx, _ in groups])
+    weights = torch.cat([w.reshape(-1) for _, _, w in groups])
+    bag_sizes = torch.cat([torch.full((idx.shape[0],), idx.shape[1], dtype=torch.long, device=device) for _, idx, _ in groups])
     starts = torch.cumsum(bag_sizes, 0) - bag_sizes  # first tap of each bag, group order
     rank = torch.empty_like(order)
     rank[order] = torch.arange(num_rois, device=device)
-    bags = (rank[:, None] * (ph * pw) + torch.arange(ph * pw, device=device)).reshape(-1)  # RoI order
+    bags = (rank[:, None] * bins + torch.arange(bins, device=device)).reshape(-1)  # RoI order
     sizes = bag_sizes[bags]
     offsets = torch.cumsum(sizes, 0) - sizes
     taps = torch.repeat_interleave(starts[bags] - offsets, sizes, output_size=indices.numel())
     taps += torch.arange(indices.numel(), device=device)
-    indices, weights = indices[taps], weights[taps].to(table.dtype)
-    if torch.is_grad_enabled() and (table.requires_grad or any(f.requires_grad for f in features)):
-        # One call: embedding_bag's backward makes a table-sized gradient per call.
-        pooled = F.embedding_bag(indices, table, offsets, mode="sum", per_sample_weights=weights)
-        # (M * PH * PW, C) -> (M, C, PH, PW), one transposing copy.
-        return pooled.view(num_rois, ph, pw, num_channels).permute(0, 3, 1, 2).contiguous()
-    return _pool_in_chunks(table, indices, weights, offsets, num_rois, (ph, pw))
+    pooled = F.embedding_bag(indices[taps], table, offsets, mode="sum", per_sample_weights=weights[taps])
+    # (M * PH * PW, C) -> (M, C, PH, PW), one transposing copy.
+    return pooled.view(num_rois, ph, pw, table.shape[1]).permute(0, 3, 1, 2).contiguous()
 
 
 # Pooled rows per chunk in inference: small enough to stay in the L2 cache between embedding_bag
 # writing them and the transposing copy reading them, and to be reused heap memory (a single
-# M * PH * PW * C output is ~100 MB at 2x1000 RoIs, freshly mapped and page-faulted on every call).
+# M * PH * PW * C result is ~100 MB at 2x1000 RoIs, freshly mapped and page-faulted on every call).
 _CHUNK_BYTES = 2 << 20
 
 
 def _pool_in_chunks(
-    table: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, offsets: torch.Tensor, num_rois: int,
+    table: torch.Tensor, groups: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]], num_rois: int,
     output_size: Tuple[int, int],
 ) -> torch.Tensor:
-    """Inference: the weighted embedding-bag of :func:`multilevel_roi_align` a few RoIs at a time,
-    each chunk transposed into the (M, C, PH, PW) output while still in cache. Same sums, same
-    results as one call."""
+    """Inference: the weighted embedding-bag a few RoIs at a time, group by group, each chunk
+    transposed into its RoIs' rows of the (M, C, PH, PW) output while still in cache. Same sums,
+    same results as :func:`_pool_in_one_call` (arguments as there)."""
     ph, pw = output_size
     num_channels = table.shape[1]
     bins = ph * pw
     output = empty_with_huge_pages(table, (num_rois, num_channels, ph, pw))
     step = max(1, _CHUNK_BYTES // (bins * num_channels * table.element_size()))
-    firsts = offsets[:: step * bins].tolist() + [indices.numel()]  # first tap of each chunk
-    for chunk, m0 in enumerate(range(0, num_rois, step)):
-        m1 = min(num_rois, m0 + step)
-        t0, t1 = firsts[chunk], firsts[chunk + 1]
-        pooled = F.embedding_bag(
-            indices[t0:t1], table, offsets[m0 * bins : m1 * bins] - t0, mode="sum", per_sample_weights=weights[t0:t1],
-        )
-        output[m0:m1].copy_(pooled.view(m1 - m0, ph, pw, num_channels).permute(0, 3, 1, 2))
+    for sel, indices, weights in groups:
+        for r0 in range(0, sel.numel(), step):
+            r1 = min(sel.numel(), r0 + step)
+            # Fixed-size bags: a 2-D input needs no offsets.
+            pooled = F.embedding_bag(
+                indices[r0 * bins : r1 * bins], table, mode="sum", per_sample_weights=weights[r0 * bins : r1 * bins]
+            )
+            output.index_copy_(0, sel[r0:r1], pooled.view(r1 - r0, ph, pw, num_channels).permute(0, 3, 1, 2))
     return output

@@ -165,7 +165,7 @@ def test_inference_in_chunks_matches_one_call_and_detectron2(monkeypatch):
     with torch.no_grad():
         one_call = pooler(feats, boxes)  # 151 RoIs of 16 x 49 floats: a single chunk
         per_roi_bytes = 16 * 49 * 4
-        monkeypatch.setattr(roi_align, "_CHUNK_BYTES", 8 * per_roi_bytes)  # 19 chunks, the last one partial
+        monkeypatch.setattr(roi_align, "_CHUNK_BYTES", 8 * per_roi_bytes)  # 8 RoIs per chunk, some partial
         chunked = pooler(feats, boxes)
         ref = ROIPooler(7, SCALES, 0, "ROIAlignV2")(feats, boxes)
     assert torch.equal(chunked, one_call)  # the same sums, RoI by RoI
