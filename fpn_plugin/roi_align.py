@@ -5,9 +5,14 @@ sample is a weighted sum of 4 pixels. So each output bin (one RoI, one bin, all 
 weighted sum of rows of the feature table ``(sum_l N * H_l * W_l, C)`` (channels-last, all levels
 stacked) -- exactly what ``torch.nn.functional.embedding_bag(mode="sum", per_sample_weights=...)``
 computes, vectorised over channels, multi-threaded, and differentiable w.r.t. the table.
-One call pools every RoI from its own level, so there is no per-level loop; bilinear taps that
-land on the same pixel are merged first (RoIAlign is separable along y and x), and the bags are
-ordered by RoI so the pooled rows need only one transposing copy to (M, C, PH, PW).
+Every RoI is pooled from its own level with no per-level loop; bilinear taps that land on the
+same pixel are merged first (RoIAlign is separable along y and x).
+
+- With gradients, one call pools all RoIs, its bags in RoI order, so the pooled rows need one
+  transposing copy to (M, C, PH, PW) and the backward is one ``embedding_bag`` backward.
+- In inference, the table holds only the pixels the RoIs read, and RoIs are pooled a few at a
+  time (groups of equal tap count, chunks that fit the L2 cache), each chunk transposed into its
+  RoIs' rows of the output while still in cache.
 
 Sampling positions, weights and border rules reproduce ``torchvision.ops.roi_align`` (which
 Detectron2's ``ROIAlign`` calls), for ``aligned`` True (ROIAlignV2) and False, fixed and adaptive
@@ -17,8 +22,6 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-
-from .huge_pages import empty_with_huge_pages
 
 __all__ = ["multilevel_roi_align"]
 
@@ -91,7 +94,7 @@ def _table_memory(
     buf = workspace.get("table")
     if buf is None or buf.numel() < numel or buf.dtype != features[0].dtype or buf.device != features[0].device:
         workspace.pop("table", None)  # free the old one before allocating the new one
-        buf = empty_with_huge_pages(features[0], (numel,))
+        buf = features[0].new_empty((numel,))
         workspace["table"] = buf
     return buf[:numel].view(shape)
 
@@ -303,7 +306,7 @@ def _pool_in_chunks(
     ph, pw = output_size
     num_channels = table.shape[1]
     bins = ph * pw
-    output = empty_with_huge_pages(table, (num_rois, num_channels, ph, pw))
+    output = table.new_empty((num_rois, num_channels, ph, pw))
     step = max(1, _CHUNK_BYTES // (bins * num_channels * table.element_size()))
     for sel, indices, weights in groups:
         for r0 in range(0, sel.numel(), step):
