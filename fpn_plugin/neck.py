@@ -339,7 +339,8 @@ class FPNNeck(Backbone):
             return False
         if x.numel() == 0 or not all(self.lateral_convs) or not supports_blocked_layout(self.bottom_up):
             return False
-        return blocked_layout_matches(folded=self._fold_frozen_bn)
+        # Folding leaves convs whose norm is not FrozenBN unfolded, so both kinds are checked.
+        return blocked_layout_matches() and (not self._fold_frozen_bn or blocked_layout_matches(folded=True))
 
     def _add_top_down_in_place(self, lateral: torch.Tensor, coarser: torch.Tensor) -> bool:
         """Inference fast path of the paper's merge, lateral + nearest_x2(coarser), computed as

@@ -26,6 +26,12 @@ import torch.nn.functional as F
 __all__ = ["multilevel_roi_align"]
 
 
+def _int_amin(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x.amin(dim)`` for int64 ``x`` > int64 min, as ``-(-x).amax(dim)``: PyTorch's CPU int64
+    ``amin`` is far slower than its ``amax`` (2.7 ms vs 0.04 ms on a (2000, 7, 4) tensor here)."""
+    return -(-x).amax(dim=dim)
+
+
 def _axis_taps(
     start: torch.Tensor, size: torch.Tensor, grid: torch.Tensor, pooled: int, length: torch.Tensor
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -69,7 +75,7 @@ def _axis_taps(
     w_low, w_high = (1 - frac) * inside, frac * inside
     # Window: from the smallest to the largest pixel any valid sample reads.
     far = torch.iinfo(torch.int64).max
-    first = torch.where(inside, low, far).amin(dim=2)
+    first = _int_amin(torch.where(inside, low, far), dim=2)
     first = torch.where(first == far, torch.zeros_like(first), first)
     last_px = torch.where(inside, high, -1).amax(dim=2)
     width = (last_px - first + 1).amax(dim=1).clamp(min=1)
@@ -144,7 +150,7 @@ def _feature_table(
     for first, width, extent in (y_windows, x_windows):
         # A bin's window reads first .. first + width - 1, clamped to the map (see the taps).
         start = torch.full((num_groups,), torch.iinfo(torch.int64).max, device=device)
-        start.scatter_reduce_(0, group, first.amin(dim=1), "amin")
+        start.scatter_reduce_(0, group, _int_amin(first, dim=1), "amin")
         end = torch.zeros(num_groups, dtype=torch.int64, device=device)
         end.scatter_reduce_(0, group, torch.minimum(first.amax(dim=1) + width, extent), "amax")
         bounds += [start, end]
@@ -290,10 +296,11 @@ def _pool_in_one_call(
     return pooled.view(num_rois, ph, pw, table.shape[1]).permute(0, 3, 1, 2).contiguous()
 
 
-# Pooled rows per chunk in inference: small enough to stay in the L2 cache between embedding_bag
-# writing them and the transposing copy reading them, and to be reused heap memory (a single
-# M * PH * PW * C result is ~100 MB at 2x1000 RoIs, freshly mapped and page-faulted on every call).
-_CHUNK_BYTES = 2 << 20
+# Pooled rows per chunk in inference: small enough to stay in the cores' L2 caches (2 x 2 MiB on
+# this project's machine) between embedding_bag writing them and the transposing copy reading
+# them, and to be reused heap memory (a single M * PH * PW * C result is ~100 MB at 2x1000 RoIs,
+# freshly mapped and page-faulted on every call). 4 MiB measured 103.6 ms vs 110.3 ms for 2 MiB.
+_CHUNK_BYTES = 4 << 20
 
 
 def _pool_in_chunks(
