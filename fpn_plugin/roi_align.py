@@ -190,8 +190,8 @@ def multilevel_roi_align(
         sampling_ratio: samples per bin and axis; <= 0 for adaptive ceil(roi_size / bins).
         aligned: shift by -0.5 pixel (ROIAlignV2, Detectron2's default) or not (legacy ROIAlign).
         workspace: a dict that keeps the channels-last feature table between calls (key "table"),
-            so that repeated inference reuses its memory instead of faulting in a fresh
-            ~90 MB per 800x1333 image (page faults cost several times the copy itself). Only
+            so that repeated inference reuses its memory instead of faulting in a fresh one (up
+            to ~90 MB per 800x1333 image) (page faults cost several times the copy itself). Only
             used when no gradient flows to ``features``; None allocates a fresh table.
     Returns:
         (M, C, PH, PW) pooled features, dtype of ``features``.

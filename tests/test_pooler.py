@@ -163,12 +163,14 @@ def test_inference_in_chunks_matches_one_call_and_detectron2(monkeypatch):
     boxes = [Boxes(random_boxes(101, 224, 320, g, 2.0, 320.0)), Boxes(random_boxes(50, 224, 320, g, 2.0, 320.0))]
     pooler = LevelMappingROIPooler(7, SCALES, 0, "ROIAlignV2")
     with torch.no_grad():
-        one_call = pooler(feats, boxes)  # 151 RoIs of 16 x 49 floats: a single chunk
+        one_chunk = pooler(feats, boxes)  # 151 RoIs of 16 x 49 floats: one chunk per group
         per_roi_bytes = 16 * 49 * 4
         monkeypatch.setattr(roi_align, "_CHUNK_BYTES", 8 * per_roi_bytes)  # 8 RoIs per chunk, some partial
         chunked = pooler(feats, boxes)
         ref = ROIPooler(7, SCALES, 0, "ROIAlignV2")(feats, boxes)
-    assert torch.equal(chunked, one_call)  # the same sums, RoI by RoI
+    assert torch.equal(chunked, one_chunk)  # the same sums, RoI by RoI
+    with_grad = pooler([f.clone().requires_grad_() for f in feats], boxes)  # the training path: one call
+    assert torch.equal(chunked, with_grad.detach())
     torch.testing.assert_close(chunked, ref, rtol=1e-4, atol=1e-4)
 
 
