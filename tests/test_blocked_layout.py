@@ -155,6 +155,8 @@ def test_folded_r50_neck_is_bit_identical_to_folded_nchw(r50_neck, monkeypatch):
     folded.load_state_dict(r50_neck.state_dict())
     assert folded._cpu_blocked_layout
     x = torch.randn(1, 3, 256, 384) * 60
+    with torch.no_grad():
+        assert folded._use_blocked_layout(x)  # runs the once-per-process self-checks before counting
     batch_norms = _Counter(torch.batch_norm)
     monkeypatch.setattr(torch, "batch_norm", batch_norms)
     blocked = _neck_outputs(folded, x, True, monkeypatch)
