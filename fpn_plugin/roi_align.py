@@ -92,9 +92,8 @@ def _table_memory(
     features: List[torch.Tensor], shape: Tuple[int, int], workspace: Optional[Dict[str, torch.Tensor]]
 ) -> torch.Tensor:
     """Uninitialised (rows, C) memory for the feature table: a view of ``workspace["table"]``
-    (grown when too small) when no gradient can flow to ``features``, else a fresh tensor."""
-    grad = torch.is_grad_enabled() and any(f.requires_grad for f in features)
-    if workspace is None or grad:
+    (grown when too small), or a fresh tensor when ``workspace`` is None."""
+    if workspace is None:
         return features[0].new_empty(shape)
     numel = shape[0] * shape[1]
     buf = workspace.get("table")
@@ -112,14 +111,15 @@ def _feature_table(
     y_windows: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     x_windows: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     workspace: Optional[Dict[str, torch.Tensor]],
+    grad: bool,
 ) -> Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]:
     """The pixels the RoIs read, channels last, as one (rows, C) table.
 
     In inference, for each (level, image) pair the table holds the smallest box of pixels that
     contains every window its RoIs read -- nothing for a pair without RoIs -- so a level that few
     RoIs use costs little to copy. When gradients flow to ``features`` it holds every pixel, so
-    that every level gets a gradient (zero where no RoI reads), as with Detectron2's pooler.
-    Row of pixel (y, x) of a pair = base + (y - top) * box_width + (x - left).
+    that every level gets a gradient (zero where no RoI reads), as with Detectron2's pooler, and
+    is a fresh tensor (never the workspace). Row of pixel (y, x) of a pair = base + (y - top) * box_width + (x - left).
 
     Args:
         features: L maps (N, C, H_l, W_l).
@@ -127,15 +127,16 @@ def _feature_table(
         y_windows, x_windows: per axis, (first (R, P) first pixel of each bin's window,
             width (R,) window length, extent (R,) H or W of the RoI's level), from :func:`_axis_taps`.
         workspace: see :func:`multilevel_roi_align`.
+        grad: whether gradients flow to ``features``.
     Returns:
         the table, and (top, left, box_width, base): (R,) int64 each, for each RoI's pair.
     """
     num_images, num_channels = features[0].shape[:2]
     device = levels.device
-    if torch.is_grad_enabled() and any(f.requires_grad for f in features):
+    if grad:
         # Every pixel, one copy (one autograd node) per level: row = level base + (n * H + y) * W + x.
         rows_per_level = [f.shape[0] * f.shape[2] * f.shape[3] for f in features]
-        table = _table_memory(features, (sum(rows_per_level), num_channels), workspace)
+        table = features[0].new_empty((sum(rows_per_level), num_channels))
         begin = 0
         for f, rows in zip(features, rows_per_level):
             table[begin : begin + rows].view(f.shape[0], f.shape[2], f.shape[3], num_channels).copy_(f.permute(0, 2, 3, 1))
@@ -233,8 +234,9 @@ def multilevel_roi_align(
     first_y, wy, ky = _axis_taps(y0, h, grid_h, ph, height)
     first_x, wx, kx = _axis_taps(x0, w, grid_w, pw, width)
     wy = wy / count[:, None, None]
+    grad = torch.is_grad_enabled() and any(f.requires_grad for f in features)
     table, (top, left, box_width, base) = _feature_table(
-        features, levels, rois[:, 0].long(), (first_y, ky, height), (first_x, kx, width), workspace
+        features, levels, rois[:, 0].long(), (first_y, ky, height), (first_x, kx, width), workspace, grad
     )
     row_base = base - top * box_width - left  # row of pixel (y, x) = row_base + y * box_width + x
 
@@ -256,7 +258,7 @@ def multilevel_roi_align(
         indices = (rows[:, :, None, :, None] + xs[:, None, :, None, :]).reshape(n * ph * pw, gy * gx)
         weights = (wy[sel, :, None, :gy, None] * wx[sel, None, :, None, :gx]).reshape(n * ph * pw, gy * gx)
         groups.append((sel, indices, weights.to(table.dtype)))
-    if torch.is_grad_enabled() and (table.requires_grad or any(f.requires_grad for f in features)):
+    if grad:
         return _pool_in_one_call(table, groups, num_rois, (ph, pw))
     return _pool_in_chunks(table, groups, num_rois, (ph, pw))
 

@@ -434,10 +434,16 @@ def _bottom_up_input(backbone, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _blocked_layout_active(backbone, x: torch.Tensor) -> bool:
+    """Whether ``backbone`` (the plugin's neck; False for Detectron2's FPN) runs ``x`` in oneDNN's
+    blocked layout (MODEL.FPN.CPU_BLOCKED_LAYOUT). Call under ``torch.no_grad()``."""
+    return getattr(backbone, "_use_blocked_layout", None) is not None and backbone._use_blocked_layout(x)
+
+
 def _bottom_up_call(backbone, x: torch.Tensor):
     """The bottom-up pass as the backbone runs it, NCHW outputs: oneDNN's blocked layout where
     MODEL.FPN.CPU_BLOCKED_LAYOUT applies (outputs converted back, as if returned)."""
-    if getattr(backbone, "_use_blocked_layout", None) is not None and backbone._use_blocked_layout(x):
+    if _blocked_layout_active(backbone, x):
         return lambda: {k: v.to_dense() for k, v in backbone._blocked_bottom_up(x).items()}
     return lambda: backbone.bottom_up(x)
 
@@ -825,8 +831,7 @@ def environment(b: Bench) -> Dict:
             pass
     images, _ = b.batch("detectron2")
     with torch.no_grad():
-        neck = b.ours.backbone
-        blocked = bool(getattr(neck, "_use_blocked_layout", None) and neck._use_blocked_layout(images.tensor))
+        blocked = _blocked_layout_active(b.ours.backbone, images.tensor)
     return {
         "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
         "detectron2": detectron2.__version__, "fpn_plugin": fpn_plugin.__version__,
