@@ -49,3 +49,37 @@ def test_benchmark_tiny_run_writes_json(tmp_path):
     # The scaled random heads give a realistic proposal load.
     for counts in data["proposal_counts"].values():
         assert counts and min(counts) >= 300
+
+
+def _benchmark_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fpn_benchmark_tool", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reference_for_another_bottom_up_is_detectron2s_fpn_over_it():
+    """--config-file configs/quickstart.yaml (a BasicBlock bottom-up that build_resnet_fpn_backbone
+    cannot build): the reference is Detectron2's FPN class over the same bottom-up, the weights load
+    strictly, and both models give the same features."""
+    import torch
+    from detectron2.modeling.backbone.fpn import FPN
+
+    from fpn_plugin import FPNNeck
+
+    bench = _benchmark_module()
+    _benchmark_module()  # a second import must not register the reference twice (the registry raises)
+    args = bench.parse_args(["--config-file", os.path.join(REPO, "configs", "quickstart.yaml")])
+    cfg_ours, cfg_ref, _ = bench.build_cfgs(args)
+    assert cfg_ref.MODEL.BACKBONE.NAME == bench.REFERENCE_FPN
+    ref, ours = bench.build_models(args, cfg_ours, cfg_ref)
+    assert type(ref.backbone) is FPN and isinstance(ours.backbone, FPNNeck)
+    assert type(ref.backbone.bottom_up) is type(ours.backbone.bottom_up)
+    x = torch.rand(1, 3, 128, 160, generator=torch.Generator().manual_seed(0)) * 255
+    with torch.no_grad():
+        a, b = ref.backbone(x), ours.backbone(x)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-4)

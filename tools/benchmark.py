@@ -17,8 +17,9 @@ reported is the median of ``--reps`` repetitions after ``--warmup`` untimed ones
 
 Models: the plugin's ``configs/fpn_r50.yaml`` against Detectron2's
 ``COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml``; with ``--config-file X`` the reference is X with
-the three component names swapped back to Detectron2's (README, "Use"). Without ``--weights`` the
-weights are random, with the RPN head and box predictor scaled by
+the three component names swapped back to Detectron2's (README, "Use"); if ``MODEL.FPN.BOTTOM_UP``
+is not Detectron2's ResNet, the reference backbone is Detectron2's ``FPN`` over that bottom-up.
+Without ``--weights`` the weights are random, with the RPN head and box predictor scaled by
 ``fpn_plugin.workload.make_trained_like`` so that the RPN yields ~1000 proposals per image, like a trained model;
 the proposal counts actually produced are printed and stored.
 
@@ -79,7 +80,8 @@ import torch  # noqa: E402
 
 import fpn_plugin  # noqa: E402,F401  (registers the components)
 import detectron2  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
+from detectron2.modeling import BACKBONE_REGISTRY, build_model  # noqa: E402
+from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 
 from fpn_plugin.config import detectron2_config_file, get_plugin_cfg  # noqa: E402
@@ -93,9 +95,12 @@ SWAP_BACK = {
     "MODEL.ANCHOR_GENERATOR.NAME": ("SharedAnchorGenerator", "DefaultAnchorGenerator"),
     "MODEL.ROI_HEADS.NAME": ("LevelMappingROIHeads", "StandardROIHeads"),
 }
+#: Reference backbone when MODEL.FPN.BOTTOM_UP is not Detectron2's ResNet (which is all that
+#: ``build_resnet_fpn_backbone`` builds): Detectron2's FPN over the same bottom-up.
+REFERENCE_FPN = "detectron2_fpn_over_bottom_up"
 #: Plugin keys that change the model in ways Detectron2's components ignore.
 MODEL_CHANGING_KEYS = (
-    "MODEL.FPN.BOTTOM_UP", "MODEL.FPN.UPSAMPLE", "MODEL.FPN.EXTRA_LEVELS", "MODEL.FPN.TOP_DOWN",
+    "MODEL.FPN.UPSAMPLE", "MODEL.FPN.EXTRA_LEVELS", "MODEL.FPN.TOP_DOWN",
     "MODEL.FPN.LATERAL", "MODEL.FPN.FINEST_ONLY", "MODEL.ANCHOR_GENERATOR.SCALES_PER_OCTAVE",
     "MODEL.ROI_HEADS.CANONICAL_BOX_SIZE", "MODEL.ROI_HEADS.CANONICAL_LEVEL",
 )
@@ -107,6 +112,18 @@ MIB = 1024.0 * 1024.0
 # ------------------------------------------------------------------------------------------------
 # Command line
 # ------------------------------------------------------------------------------------------------
+
+
+def detectron2_fpn_over_bottom_up(cfg, input_shape):
+    """Detectron2's ``FPN`` built as ``build_resnet_fpn_backbone`` builds it, over the bottom-up
+    that ``MODEL.FPN.BOTTOM_UP`` names (e.g. the quickstart's narrow BasicBlock ResNet)."""
+    bottom_up = BACKBONE_REGISTRY.get(cfg.MODEL.FPN.BOTTOM_UP)(cfg, input_shape)
+    return FPN(bottom_up=bottom_up, in_features=cfg.MODEL.FPN.IN_FEATURES, out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+               norm=cfg.MODEL.FPN.NORM, top_block=LastLevelMaxPool(), fuse_type=cfg.MODEL.FPN.FUSE_TYPE)
+
+
+if REFERENCE_FPN not in BACKBONE_REGISTRY:  # the module may be imported more than once (tests)
+    BACKBONE_REGISTRY.register(detectron2_fpn_over_bottom_up)
 
 
 def _size(text: str):
@@ -191,6 +208,8 @@ def build_cfgs(args):
         cfg.merge_from_list(list(args.opts))
         cfg.MODEL.DEVICE = args.device
         cfg.MODEL.WEIGHTS = ""
+    if ref.MODEL.BACKBONE.NAME == "build_resnet_fpn_backbone" and ref.MODEL.FPN.BOTTOM_UP != "build_resnet_backbone":
+        ref.MODEL.BACKBONE.NAME = REFERENCE_FPN
     defaults = get_plugin_cfg()
     changed = [k for k in MODEL_CHANGING_KEYS if _get(ours, k) != _get(defaults, k)]
     if changed:
