@@ -83,3 +83,20 @@ def test_reference_for_another_bottom_up_is_detectron2s_fpn_over_it():
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-4)
+
+
+def test_bottom_up_alone_is_timed_in_the_backbones_precision():
+    """With MODEL.FPN.AUTOCAST_DTYPE the "bottom-up alone" figure times the bottom-up under autocast,
+    as the backbone runs it in eval; without it, in float32."""
+    import torch
+
+    bench = _benchmark_module()
+    x = torch.rand(1, 3, 128, 160, generator=torch.Generator().manual_seed(0)) * 255
+    for dtype_name, dtype in (("", torch.float32), ("bfloat16", torch.bfloat16)):
+        args = bench.parse_args(["--config-file", os.path.join(REPO, "configs", "quickstart.yaml"),
+                                 "--opts", "MODEL.FPN.AUTOCAST_DTYPE", dtype_name])
+        cfg_ours, cfg_ref, _ = bench.build_cfgs(args)
+        _, ours = bench.build_models(args, cfg_ours, cfg_ref)
+        with torch.no_grad():
+            outputs = bench._bottom_up_call(ours.backbone, bench._bottom_up_input(ours.backbone, x))()
+        assert {v.dtype for v in outputs.values()} == {dtype}, dtype_name

@@ -461,9 +461,16 @@ def _blocked_layout_active(backbone, x: torch.Tensor) -> bool:
 
 def _bottom_up_call(backbone, x: torch.Tensor):
     """The bottom-up pass as the backbone runs it, NCHW outputs: oneDNN's blocked layout where
-    MODEL.FPN.CPU_BLOCKED_LAYOUT applies (outputs converted back, as if returned)."""
+    MODEL.FPN.CPU_BLOCKED_LAYOUT applies (outputs converted back, as if returned), under autocast
+    where MODEL.FPN.AUTOCAST_DTYPE is set (the backbone is in eval)."""
     if _blocked_layout_active(backbone, x):
         return lambda: {k: v.to_dense() for k, v in backbone._blocked_bottom_up(x).items()}
+    dtype = getattr(backbone, "_autocast_dtype", None)
+    if dtype is not None:
+        def call():
+            with torch.autocast(x.device.type, dtype=dtype):
+                return backbone.bottom_up(x)
+        return call
     return lambda: backbone.bottom_up(x)
 
 
