@@ -13,6 +13,8 @@ BENCHMARK = os.path.join(REPO, "tools", "benchmark.py")
 
 
 def test_benchmark_tiny_run_writes_json(tmp_path):
+    import torch
+
     out = tmp_path / "out.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run(
@@ -29,6 +31,12 @@ def test_benchmark_tiny_run_writes_json(tmp_path):
         assert key in env_info
     assert env_info["device"] == "cpu" and env_info["threads"] == 1
     assert env_info["image_sizes"] == [[256, 320], [256, 320]]
+    # What oneDNN has for MODEL.FPN.AUTOCAST_DTYPE on this CPU, as PyTorch detects it.
+    isa = env_info["cpu_low_precision_isa"]
+    assert isinstance(isa, dict) and all(isinstance(v, bool) for v in isa.values())
+    if hasattr(torch.cpu, "_is_avx512_bf16_supported"):
+        assert isa["AVX512-BF16"] == torch.cpu._is_avx512_bf16_supported()
+        assert "CPU instructions for MODEL.FPN.AUTOCAST_DTYPE" in proc.stdout
 
     measurements = data["measurements"]
     assert set(measurements) == {"anchors", "pooler_test", "pooler_train"}

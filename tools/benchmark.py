@@ -870,7 +870,17 @@ def environment(b: Bench) -> Dict:
         "batch": b.args.batch, "reps": b.args.reps, "warmup": b.args.warmup, "seed": b.args.seed,
         "opts": list(b.args.opts),
         "cpu_blocked_layout_active": blocked,
+        "cpu_low_precision_isa": None if b.device.startswith("cuda") else _cpu_low_precision_isa(),
     }
+
+
+def _cpu_low_precision_isa() -> Dict[str, bool]:
+    """Which CPU instructions for bfloat16/float16 arithmetic PyTorch detects here: with them oneDNN
+    runs MODEL.FPN.AUTOCAST_DTYPE convolutions natively; without them it emulates (slowly).
+    Empty where this PyTorch has no such probe."""
+    probes = {"AVX512-BF16": "_is_avx512_bf16_supported", "AMX tiles": "_is_amx_tile_supported",
+              "AMX-FP16": "_is_amx_fp16_supported"}
+    return {name: bool(getattr(torch.cpu, fn)()) for name, fn in probes.items() if hasattr(torch.cpu, fn)}
 
 
 def _fmt(value: float, unit: str) -> str:
@@ -895,6 +905,9 @@ def format_report(env: Dict, results: Dict, checks: Dict, counts: Dict, notes: L
         f"- median of {env['reps']} repetitions after {env['warmup']} warm-up ones, the two models alternated (A, B, A, B, ...)",
     ]
     lines.append(f"- oneDNN blocked-layout inference (MODEL.FPN.CPU_BLOCKED_LAYOUT) active: {env.get('cpu_blocked_layout_active')}")
+    if env.get("cpu_low_precision_isa"):
+        isa = ", ".join(f"{name} {'yes' if ok else 'no'}" for name, ok in env["cpu_low_precision_isa"].items())
+        lines.append(f"- CPU instructions for MODEL.FPN.AUTOCAST_DTYPE (bfloat16/float16 convolutions): {isa}")
     if env.get("opts"):
         # Plugin-only keys (MODEL.FPN.AUTOCAST_DTYPE, CHANNELS_LAST) leave Detectron2's model in float32, NCHW.
         lines.append(f"- config overrides (both models; Detectron2's components ignore the plugin's keys): {' '.join(map(str, env['opts']))}")
