@@ -51,7 +51,8 @@ def add_fpn_plugin_config(cfg: CN) -> CN:
     # Inference mixed precision: "" (off, float32), "float16" or "bfloat16". In eval mode the
     # bottom-up network and the neck run under torch.autocast with this dtype and return float32
     # features (so the RPN and RoI heads stay float32). GPU fast mode: this = "float16" plus
-    # CHANNELS_LAST True. Training mixed precision is Detectron2's SOLVER.AMP.ENABLED.
+    # CHANNELS_LAST True; on CPUs with AVX512-BF16/AMX, "bfloat16" plus CHANNELS_LAST True (README,
+    # Performance). Training mixed precision is Detectron2's SOLVER.AMP.ENABLED.
     _set(_C.MODEL.FPN, "AUTOCAST_DTYPE", "")
     # In eval, fold each FrozenBatchNorm of the bottom-up network into the convolution before it
     # (one pass over each feature map instead of two); parameters and state_dict unchanged,
