@@ -38,7 +38,9 @@ from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, Bottlenec
 
 from .frozen_bn_fold import FoldedFrozenBNConv2d, fold_frozen_batchnorm
 
-__all__ = ["blocked_layout_matches", "resnet_blocked_forward", "blocked_conv", "supports_blocked_layout"]
+__all__ = [
+    "blocked_layout_matches", "resnet_blocked_forward", "blocked_conv", "supports_blocked_layout", "cpu_autocast_enabled",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +86,15 @@ def supports_blocked_layout(bottom_up: nn.Module) -> bool:
             if block.shortcut is not None:
                 convs.append(block.shortcut)
     return all(_conv_supported(c) for c in convs)
+
+
+def cpu_autocast_enabled() -> bool:
+    """Whether a ``torch.autocast("cpu", ...)`` region is active: there the caller asked for low
+    precision, which this float32 path would silently ignore (``mkldnn_convolution`` is not autocast)."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # PyTorch < 2.4
+        return torch.is_autocast_cpu_enabled()
 
 
 def _dense_conv_uses_onednn(x: torch.Tensor, conv: nn.Conv2d) -> bool:
@@ -209,7 +220,9 @@ def blocked_layout_matches(folded: bool = False) -> bool:
         BasicBlock(64, 48, stride=2, norm="FrozenBN"),
     ]
     net = ResNet(stem, [blocks[:1], blocks[1:2], blocks[2:]], out_features=["res2", "res3", "res4"]).eval()
-    with torch.no_grad():
+    # Float32 on both sides even when first called inside a caller's autocast region (the answer is
+    # cached for the whole process).
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
         for m in net.modules():
             if isinstance(m, (nn.Conv2d, FrozenBatchNorm2d)):
                 m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.3)

@@ -62,8 +62,8 @@ def add_fpn_plugin_config(cfg: CN) -> CN:
     # CPU float32 inference: run a Detectron2 ResNet bottom-up and the lateral convs on oneDNN
     # tensors (its blocked layout), skipping the two layout conversions every NCHW convolution
     # makes. Same kernels, outputs bit-identical to the NCHW path's, folded or not (checked once per
-    # process; falls back to NCHW if not). No effect on GPU, in training, with gradients, or with
-    # CHANNELS_LAST or AUTOCAST_DTYPE.
+    # process; falls back to NCHW if not). No effect on GPU, in training, with gradients, with
+    # CHANNELS_LAST or AUTOCAST_DTYPE, or inside a caller's torch.autocast region.
     _set(_C.MODEL.FPN, "CPU_BLOCKED_LAYOUT", True)
     # Read by the "build_pafpn_neck_backbone" neck only (fpn_plugin/path_aggregation.py), which
     # also accepts MODEL.FPN.FUSE_TYPE "weighted" (EfficientDet's fast normalized fusion, BiFPN-style).

@@ -16,7 +16,9 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone
 
-from .blocked_layout import blocked_conv, blocked_layout_matches, resnet_blocked_forward, supports_blocked_layout
+from .blocked_layout import (
+    blocked_conv, blocked_layout_matches, cpu_autocast_enabled, resnet_blocked_forward, supports_blocked_layout,
+)
 from .frozen_bn_fold import fold_frozen_batchnorm
 
 __all__ = ["FPNNeck", "LastLevelSubsample", "LastLevelP6P7", "build_fpn_neck_backbone"]
@@ -128,8 +130,8 @@ class FPNNeck(Backbone):
             cpu_blocked_layout: for float32 CPU inference without gradients, run a Detectron2 ResNet
                 bottom-up and the lateral convs in oneDNN's blocked layout: outputs bit-identical to
                 the NCHW path's (folded or not), fewer memory passes (``MODEL.FPN.CPU_BLOCKED_LAYOUT``;
-                see ``blocked_layout.py``). Ignored with ``channels_last`` or ``autocast_dtype``, or
-                for a bottom-up it does not support.
+                see ``blocked_layout.py``). Ignored with ``channels_last`` or ``autocast_dtype``,
+                inside a caller's ``torch.autocast`` region, or for a bottom-up it does not support.
         """
         super().__init__()
         if not isinstance(bottom_up, Backbone):
@@ -336,6 +338,8 @@ class FPNNeck(Backbone):
         if not self._cpu_blocked_layout or torch.jit.is_tracing():
             return False
         if self.training or torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32:
+            return False
+        if cpu_autocast_enabled():  # the caller's torch.autocast: its convolutions run in low precision
             return False
         if x.numel() == 0 or not all(self.lateral_convs) or not supports_blocked_layout(self.bottom_up):
             return False

@@ -145,6 +145,28 @@ def test_not_taken_where_it_does_not_apply(r50_neck, monkeypatch):
     assert not build_backbone(cfg)._cpu_blocked_layout
 
 
+def test_a_callers_autocast_is_respected_and_does_not_spoil_the_self_check(r50_neck, monkeypatch, caplog):
+    """Inside ``torch.autocast("cpu", bfloat16)`` the neck runs the module path (its convolutions in
+    bfloat16, as the caller asked), not the float32 blocked path; and a self-check first run inside
+    such a region still compares float32 with float32 (before, it compared bfloat16 with float32,
+    failed, and turned the blocked path off for the whole process with a false warning)."""
+    x = torch.randn(1, 3, 128, 192) * 60
+    counter = _Counter(neck_module.resnet_blocked_forward)
+    monkeypatch.setattr(neck_module, "resnet_blocked_forward", counter)
+    blocked_layout_matches.cache_clear()
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), caplog.at_level("WARNING"):
+            assert blocked_layout_matches() and blocked_layout_matches(folded=True)
+            assert not r50_neck._use_blocked_layout(x)
+            features = r50_neck(x)
+        assert "does not reproduce" not in caplog.text
+        assert counter.calls == 0 and {v.dtype for v in features.values()} == {torch.bfloat16}
+        with torch.no_grad():
+            assert r50_neck._use_blocked_layout(x)  # outside the region: the blocked path again
+    finally:
+        blocked_layout_matches.cache_clear()
+
+
 def test_folded_r50_neck_is_bit_identical_to_folded_nchw(r50_neck, monkeypatch):
     # MODEL.FPN.FOLD_FROZEN_BN: the blocked path convolves with the module's own folded weights and
     # bias, so it equals the folded NCHW path bit for bit, runs no batch-norm pass, and stays

@@ -123,3 +123,20 @@ def test_channels_last_option_same_features_to_rounding(r50_pair):
     proposals = _matched_fraction(p1[0].proposal_boxes.tensor, p2[0].proposal_boxes.tensor)
     detections = _matched_fraction(d1[0].pred_boxes.tensor, d2[0].pred_boxes.tensor)
     assert proposals >= 0.99 and detections >= 0.99, (proposals, detections)
+
+
+def test_inside_a_callers_cpu_autocast_region_features_equal_detectron2s(r50_pair):
+    """A user who wraps inference in ``torch.autocast("cpu", dtype=torch.bfloat16)`` gets what
+    Detectron2's model gives there: bfloat16 convolutions (the float32 CPU fast path steps aside),
+    features equal bit for bit, and finite detections from the whole model."""
+    ref, ours, _ = r50_pair
+    g = torch.Generator().manual_seed(2)
+    inputs = [{"image": torch.rand(3, 480, 640, generator=g) * 255, "height": 480, "width": 640}]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        images = ref.preprocess_image(inputs)
+        f_ref, f_ours = ref.backbone(images.tensor), ours.backbone(images.tensor)
+        out = ours(inputs)[0]["instances"]
+    for k in f_ref:
+        assert f_ours[k].dtype == f_ref[k].dtype == torch.bfloat16, k
+        assert torch.equal(f_ours[k], f_ref[k]), k
+    assert len(out) > 0 and torch.isfinite(out.pred_boxes.tensor).all() and torch.isfinite(out.scores.float()).all()

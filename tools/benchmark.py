@@ -876,7 +876,7 @@ def environment(b: Bench) -> Dict:
 
 def _cpu_low_precision_isa() -> Dict[str, bool]:
     """Which CPU instructions for bfloat16/float16 arithmetic PyTorch detects here: with them oneDNN
-    runs MODEL.FPN.AUTOCAST_DTYPE convolutions natively; without them it emulates (slowly).
+    runs MODEL.FPN.AUTOCAST_DTYPE convolutions natively; without them it emulates them.
     Empty where this PyTorch has no such probe."""
     probes = {"AVX512-BF16": "_is_avx512_bf16_supported", "AMX tiles": "_is_amx_tile_supported",
               "AMX-FP16": "_is_amx_fp16_supported"}
