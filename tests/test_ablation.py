@@ -160,3 +160,13 @@ def test_tiny_run_writes_table_json_and_chart(data_root, tmp_path):
 
     png = (tmp_path / "ablation.png").read_bytes()
     assert png.startswith(PNG_SIGNATURE) and len(png) > 10_000
+
+
+def test_cpu_runs_keep_freed_memory_unless_system_malloc(monkeypatch):
+    calls = []
+    monkeypatch.setattr(ablation, "keep_freed_cpu_memory", lambda: calls.append("kept") or "memory allocator: kept")
+    monkeypatch.setattr(ablation, "run_ablation", lambda args: calls.append(args.device))
+    assert ablation.main(["--variants", "fpn"]) == 0
+    assert ablation.main(["--variants", "fpn", "--system-malloc"]) == 0
+    assert ablation.main(["--variants", "fpn", "--device", "cuda"]) == 0
+    assert calls == ["kept", "cpu", "cpu", "cuda"]

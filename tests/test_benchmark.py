@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+from tests.test_cpu_allocator import GLIBC
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARK = os.path.join(REPO, "tools", "benchmark.py")
 
@@ -17,9 +19,11 @@ def test_benchmark_tiny_run_writes_json(tmp_path):
 
     out = tmp_path / "out.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    for name in [k for k in env if k in ("LD_PRELOAD", "GLIBC_TUNABLES") or k.startswith("MALLOC_")]:
+        del env[name]  # so that --keep-freed-memory applies
     proc = subprocess.run(
         [sys.executable, BENCHMARK, "--reps", "1", "--warmup", "0", "--threads", "1", "--size", "256x320",
-         "--num-rois", "300", "--train-rois", "128", "--only", "anchors,pooler", "--json", str(out)],
+         "--num-rois", "300", "--train-rois", "128", "--only", "anchors,pooler", "--keep-freed-memory", "--json", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, f"exit code {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
@@ -37,6 +41,10 @@ def test_benchmark_tiny_run_writes_json(tmp_path):
     if hasattr(torch.cpu, "_is_avx512_bf16_supported"):
         assert isa["AVX512-BF16"] == torch.cpu._is_avx512_bf16_supported()
         assert "CPU instructions for MODEL.FPN.AUTOCAST_DTYPE" in proc.stdout
+
+    # The allocator settings the times were taken with (CPU times depend on them).
+    expected = "keeps freed blocks" if GLIBC else "not glibc"
+    assert expected in env_info["memory_allocator"] and env_info["memory_allocator"] in proc.stdout
 
     measurements = data["measurements"]
     assert set(measurements) == {"anchors", "pooler_test", "pooler_train"}

@@ -240,6 +240,7 @@ def test_demo_on_folder_matches_predictor(tmp_path, tiny_weights, images):
     proc = _demo(["--input", str(images), "--output", str(out_dir), "--confidence-threshold", "0.0"], tiny_weights, tmp_path)
     _check_ok(proc)
     log = proc.stdout + proc.stderr
+    assert "memory allocator:" in log  # on CPU the demo keeps freed memory (fpn_plugin/cpu_allocator.py)
     for name, out_name in (("gray.png", "gray.png"), ("rgb.jpg", "rgb.jpg")):
         assert name in log and "detected 5 instances" in log  # progress is logged
         out_path = out_dir / out_name
@@ -298,11 +299,13 @@ def _hue(rgb):
 def test_demo_color_by_level(tmp_path, tiny_weights, images):
     out = tmp_path / "levels" / "gray_levels.png"  # an output file name, for one input
     proc = _demo(
-        ["--input", str(images / "gray.png"), "--output", str(out), "--confidence-threshold", "0.0", "--color-by-level"],
+        ["--input", str(images / "gray.png"), "--output", str(out), "--confidence-threshold", "0.0", "--color-by-level",
+         "--system-malloc"],
         tiny_weights,
         tmp_path,
     )
     _check_ok(proc)
+    assert "memory allocator:" not in proc.stdout + proc.stderr  # --system-malloc: glibc's defaults
     with open(str(out) + ".json") as f:
         record = json.load(f)
     levels = record["pred_levels"]

@@ -56,6 +56,7 @@ from detectron2.modeling.postprocessing import detector_postprocess  # noqa: E40
 from detectron2.utils.env import seed_all_rng  # noqa: E402
 
 from fpn_plugin.config import get_plugin_cfg  # noqa: E402
+from fpn_plugin.cpu_allocator import add_system_malloc_argument, keep_freed_cpu_memory  # noqa: E402
 from fpn_plugin.data import register_shapes_datasets_from_config  # noqa: E402
 from fpn_plugin.trainer import FPNTrainer  # noqa: E402
 
@@ -348,6 +349,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-val", type=int, help="fpn_shapes validation images (default: the config's, 100)")
     p.add_argument("--image-size", type=int, help="fpn_shapes image size in pixels, also the train/test input size (default: the config's, 512)")
     p.add_argument("--output-dir", default="output/ablation", help="where the table, JSON, chart and runs go")
+    add_system_malloc_argument(p)
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides shared by all variants")
     return p
 
@@ -409,6 +411,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parse_variants(args.variants)
     except ValueError as e:
         parser.error(str(e))
+    if args.device == "cpu" and not args.system_malloc:
+        print(keep_freed_cpu_memory())
     run_ablation(args)
     return 0
 

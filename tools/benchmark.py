@@ -53,7 +53,12 @@ Measurements (``--only`` names):
                  ``fasterrcnn_resnet50_fpn`` (random weights, nothing downloaded, RPN head scaled
                  likewise, 1000 proposals, same image size) as a second reference.
 
-Output: a header (versions, device, threads, inputs, proposal counts, checks) and a Markdown
+Memory allocator: CPU times depend on it (with glibc's defaults each forward page-faults its large
+blocks anew). The figures are taken with the process's allocator as it is, unless
+``--keep-freed-memory`` makes glibc keep freed memory for reuse as the training and demo tools do
+(``fpn_plugin/cpu_allocator.py``); the header says which.
+
+Output: a header (versions, device, threads, inputs, allocator, proposal counts, checks) and a Markdown
 table ``| measurement | fpn_plugin | Detectron2 | ratio |`` (ratio = fpn_plugin / reference;
 < 1 means the plugin is faster or smaller), ready to paste into README.md. ``--json PATH``
 writes every figure, the raw samples and the environment.
@@ -85,6 +90,7 @@ from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 
 from fpn_plugin.config import detectron2_config_file, get_plugin_cfg  # noqa: E402
+from fpn_plugin.cpu_allocator import allocator_choice, keep_freed_cpu_memory  # noqa: E402
 from fpn_plugin.workload import make_trained_like, random_boxes  # noqa: E402
 
 D2_R50_FPN = "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"
@@ -166,6 +172,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--only", type=_only, default=list(MEASUREMENTS), help=f"comma-separated subset of {','.join(MEASUREMENTS)}")
     p.add_argument("--json", default=None, help="write all figures to this JSON file")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights, images and boxes (default 0)")
+    p.add_argument("--keep-freed-memory", action="store_true", help="make glibc malloc keep freed memory for reuse, "
+                   "as the training and demo tools do on CPU (both models gain; see fpn_plugin/cpu_allocator.py)")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides for both models")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)  # memory subprocess: its spec file
     args = p.parse_args(argv)
@@ -374,6 +382,7 @@ class Bench:
     def __init__(self, args):
         self.args = args
         self.device = args.device
+        self.allocator = _memory_allocator(args)
         self.cfg_ours, self.cfg_ref, self.config_names = build_cfgs(args)
         self.ref, self.ours = build_models(args, self.cfg_ours, self.cfg_ref)
         self.models = {"ours": self.ours, "detectron2": self.ref}
@@ -844,6 +853,15 @@ MEASURE = {
 # ------------------------------------------------------------------------------------------------
 
 
+def _memory_allocator(args) -> str:
+    """Applies ``--keep-freed-memory``; says which memory allocator settings the figures were taken with
+    (CPU times depend on them: with glibc's defaults every forward page-faults its large blocks anew)."""
+    if args.keep_freed_memory:
+        return keep_freed_cpu_memory()
+    choice = allocator_choice()
+    return f"memory allocator: as set in the environment ({choice})" if choice else "memory allocator: the C library's defaults"
+
+
 def environment(b: Bench) -> Dict:
     """Versions, device, threads, inputs."""
     import torchvision
@@ -871,6 +889,7 @@ def environment(b: Bench) -> Dict:
         "opts": list(b.args.opts),
         "cpu_blocked_layout_active": blocked,
         "cpu_low_precision_isa": None if b.device.startswith("cuda") else _cpu_low_precision_isa(),
+        "memory_allocator": b.allocator,
     }
 
 
@@ -905,6 +924,7 @@ def format_report(env: Dict, results: Dict, checks: Dict, counts: Dict, notes: L
         f"- median of {env['reps']} repetitions after {env['warmup']} warm-up ones, the two models alternated (A, B, A, B, ...)",
     ]
     lines.append(f"- oneDNN blocked-layout inference (MODEL.FPN.CPU_BLOCKED_LAYOUT) active: {env.get('cpu_blocked_layout_active')}")
+    lines.append(f"- {env['memory_allocator']}")
     if env.get("cpu_low_precision_isa"):
         isa = ", ".join(f"{name} {'yes' if ok else 'no'}" for name, ok in env["cpu_low_precision_isa"].items())
         lines.append(f"- CPU instructions for MODEL.FPN.AUTOCAST_DTYPE (bfloat16/float16 convolutions): {isa}")

@@ -49,6 +49,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from detectron2.utils.visualizer import ColorMode, GenericMask, Visualizer  # noqa: E402
 
 from fpn_plugin.config import fall_back_to_cpu  # noqa: E402
+from fpn_plugin.cpu_allocator import add_system_malloc_argument, keep_freed_cpu_memory  # noqa: E402
 from fpn_plugin.data import register_shapes_datasets  # noqa: E402
 
 logger = logging.getLogger("fpn_plugin.demo")
@@ -101,6 +102,8 @@ def setup_cfg(args):
     message = fall_back_to_cpu(cfg)
     if message:
         logger.info(message)
+    if cfg.MODEL.DEVICE == "cpu" and not args.system_malloc:
+        logger.info(keep_freed_cpu_memory())
     if not cfg.MODEL.WEIGHTS:
         logger.warning("MODEL.WEIGHTS is empty: the model has random weights (pass --opts MODEL.WEIGHTS file.pth).")
     cfg.freeze()
@@ -469,6 +472,7 @@ def get_parser() -> argparse.ArgumentParser:
         help="colour each detection by the pyramid level (P2 red, P3 orange, P4 green, P5 blue, P6 purple) "
         "its RoI was pooled from, and draw a legend",
     )
+    add_system_malloc_argument(parser)
     parser.add_argument(
         "--opts", help="modify config options using the command-line 'KEY VALUE' pairs", default=[],
         nargs=argparse.REMAINDER,

@@ -25,6 +25,7 @@ from detectron2.evaluation import verify_results  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
 from fpn_plugin.config import fall_back_to_cpu  # noqa: E402
+from fpn_plugin.cpu_allocator import add_system_malloc_argument, keep_freed_cpu_memory  # noqa: E402
 from fpn_plugin.data import register_coco_folder, register_shapes_datasets_from_config  # noqa: E402
 from fpn_plugin.trainer import FPNTrainer  # noqa: E402
 
@@ -36,6 +37,8 @@ def setup(args):
     message = fall_back_to_cpu(cfg)
     if message:
         print(message)
+    if cfg.MODEL.DEVICE == "cpu" and not args.system_malloc:
+        print(keep_freed_cpu_memory())  # each training process (--num-gpus N on CPU) sets its own
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
@@ -68,6 +71,7 @@ def get_parser():
         "--coco-dataset", nargs=3, action="append", metavar=("NAME", "JSON", "IMAGE_ROOT"),
         help="register a COCO-format folder under NAME (use it in DATASETS.TRAIN/TEST); repeatable",
     )
+    add_system_malloc_argument(parser)
     return parser
 
 
