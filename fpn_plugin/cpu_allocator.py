@@ -21,7 +21,7 @@ import os
 import platform
 from typing import Mapping, Optional
 
-__all__ = ["keep_freed_cpu_memory", "allocator_choice", "add_system_malloc_argument"]
+__all__ = ["keep_freed_cpu_memory", "allocator_choice", "add_system_malloc_argument", "keep_freed_memory_for_tool"]
 
 # mallopt(3) parameters (glibc's malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -53,6 +53,14 @@ def add_system_malloc_argument(parser) -> None:
         help="on CPU, leave glibc malloc's defaults (by default the tool keeps freed memory for reuse: "
         "faster, but the process does not shrink; see fpn_plugin/cpu_allocator.py)",
     )
+
+
+def keep_freed_memory_for_tool(args, device: str) -> Optional[str]:
+    """What the tools call once at start-up: on ``device`` "cpu" and without ``--system-malloc``
+    (``args.system_malloc``), :func:`keep_freed_cpu_memory`; returns its line to show, else None."""
+    if str(device) != "cpu" or args.system_malloc:
+        return None
+    return keep_freed_cpu_memory()
 
 
 def keep_freed_cpu_memory(environ: Optional[Mapping[str, str]] = None, libc: Optional[ctypes.CDLL] = None) -> str:

@@ -164,7 +164,9 @@ def test_tiny_run_writes_table_json_and_chart(data_root, tmp_path):
 
 def test_cpu_runs_keep_freed_memory_unless_system_malloc(monkeypatch):
     calls = []
-    monkeypatch.setattr(ablation, "keep_freed_cpu_memory", lambda: calls.append("kept") or "memory allocator: kept")
+    from fpn_plugin import cpu_allocator
+
+    monkeypatch.setattr(cpu_allocator, "keep_freed_cpu_memory", lambda: calls.append("kept") or "memory allocator: kept")
     monkeypatch.setattr(ablation, "run_ablation", lambda args: calls.append(args.device))
     assert ablation.main(["--variants", "fpn"]) == 0
     assert ablation.main(["--variants", "fpn", "--system-malloc"]) == 0

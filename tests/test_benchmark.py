@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from tests.test_cpu_allocator import GLIBC
+from tests.test_cpu_allocator import GLIBC, env_without_allocator_settings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARK = os.path.join(REPO, "tools", "benchmark.py")
@@ -18,9 +18,8 @@ def test_benchmark_tiny_run_writes_json(tmp_path):
     import torch
 
     out = tmp_path / "out.json"
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    for name in [k for k in env if k in ("LD_PRELOAD", "GLIBC_TUNABLES") or k.startswith("MALLOC_")]:
-        del env[name]  # so that --keep-freed-memory applies
+    # Without the user's allocator settings, so that --keep-freed-memory applies.
+    env = dict(env_without_allocator_settings(os.environ), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run(
         [sys.executable, BENCHMARK, "--reps", "1", "--warmup", "0", "--threads", "1", "--size", "256x320",
          "--num-rois", "300", "--train-rois", "128", "--only", "anchors,pooler", "--keep-freed-memory", "--json", str(out)],

@@ -38,10 +38,13 @@ _ROUNDS = textwrap.dedent(
 )
 
 
+def env_without_allocator_settings(environ) -> dict:
+    """A copy of ``environ`` without the user's allocator settings, which keep_freed_cpu_memory respects."""
+    return {k: v for k, v in environ.items() if k not in ("LD_PRELOAD", "GLIBC_TUNABLES") and not k.startswith("MALLOC_")}
+
+
 def _rounds(keep: bool):
-    # Without the user's own allocator settings, which keep_freed_cpu_memory would respect.
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GLIBC_TUNABLES") and not k.startswith("MALLOC_")}
-    env["OMP_NUM_THREADS"] = "2"
+    env = dict(env_without_allocator_settings(os.environ), OMP_NUM_THREADS="2")
     proc = subprocess.run(
         [sys.executable, "-c", _ROUNDS.format(repo=REPO, keep=keep)], env=env, capture_output=True, text=True, timeout=120,
     )

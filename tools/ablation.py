@@ -56,7 +56,7 @@ from detectron2.modeling.postprocessing import detector_postprocess  # noqa: E40
 from detectron2.utils.env import seed_all_rng  # noqa: E402
 
 from fpn_plugin.config import get_plugin_cfg  # noqa: E402
-from fpn_plugin.cpu_allocator import add_system_malloc_argument, keep_freed_cpu_memory  # noqa: E402
+from fpn_plugin.cpu_allocator import add_system_malloc_argument, keep_freed_memory_for_tool  # noqa: E402
 from fpn_plugin.data import register_shapes_datasets_from_config  # noqa: E402
 from fpn_plugin.trainer import FPNTrainer  # noqa: E402
 
@@ -411,8 +411,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         parse_variants(args.variants)
     except ValueError as e:
         parser.error(str(e))
-    if args.device == "cpu" and not args.system_malloc:
-        print(keep_freed_cpu_memory())
+    message = keep_freed_memory_for_tool(args, args.device)
+    if message:
+        print(message)
     run_ablation(args)
     return 0
 

@@ -49,7 +49,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from detectron2.utils.visualizer import ColorMode, GenericMask, Visualizer  # noqa: E402
 
 from fpn_plugin.config import fall_back_to_cpu  # noqa: E402
-from fpn_plugin.cpu_allocator import add_system_malloc_argument, keep_freed_cpu_memory  # noqa: E402
+from fpn_plugin.cpu_allocator import add_system_malloc_argument, keep_freed_memory_for_tool  # noqa: E402
 from fpn_plugin.data import register_shapes_datasets  # noqa: E402
 
 logger = logging.getLogger("fpn_plugin.demo")
@@ -102,8 +102,9 @@ def setup_cfg(args):
     message = fall_back_to_cpu(cfg)
     if message:
         logger.info(message)
-    if cfg.MODEL.DEVICE == "cpu" and not args.system_malloc:
-        logger.info(keep_freed_cpu_memory())
+    message = keep_freed_memory_for_tool(args, cfg.MODEL.DEVICE)
+    if message:
+        logger.info(message)
     if not cfg.MODEL.WEIGHTS:
         logger.warning("MODEL.WEIGHTS is empty: the model has random weights (pass --opts MODEL.WEIGHTS file.pth).")
     cfg.freeze()

@@ -40,7 +40,7 @@ from detectron2.engine import (  # noqa: E402
 from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
-from fpn_plugin.cpu_allocator import add_system_malloc_argument, keep_freed_cpu_memory  # noqa: E402
+from fpn_plugin.cpu_allocator import add_system_malloc_argument, keep_freed_memory_for_tool  # noqa: E402
 from fpn_plugin.data import register_shapes_datasets  # noqa: E402
 from fpn_plugin.trainer import create_ddp_model_any_device  # noqa: E402
 
@@ -65,8 +65,9 @@ def setup(args):
     if device.startswith("cuda") and not torch.cuda.is_available():
         print(f"train.device is {device!r} but no GPU is available: running on CPU.")
         cfg.train.device = "cpu"
-    if str(cfg.train.device) == "cpu" and not args.system_malloc:
-        print(keep_freed_cpu_memory())  # each training process (--num-gpus N on CPU) sets its own
+    message = keep_freed_memory_for_tool(args, cfg.train.device)  # in each process of --num-gpus N
+    if message:
+        print(message)
     default_setup(cfg, args)
     return cfg
 

@@ -25,7 +25,7 @@ from detectron2.evaluation import verify_results  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
 from fpn_plugin.config import fall_back_to_cpu  # noqa: E402
-from fpn_plugin.cpu_allocator import add_system_malloc_argument, keep_freed_cpu_memory  # noqa: E402
+from fpn_plugin.cpu_allocator import add_system_malloc_argument, keep_freed_memory_for_tool  # noqa: E402
 from fpn_plugin.data import register_coco_folder, register_shapes_datasets_from_config  # noqa: E402
 from fpn_plugin.trainer import FPNTrainer  # noqa: E402
 
@@ -37,8 +37,9 @@ def setup(args):
     message = fall_back_to_cpu(cfg)
     if message:
         print(message)
-    if cfg.MODEL.DEVICE == "cpu" and not args.system_malloc:
-        print(keep_freed_cpu_memory())  # each training process (--num-gpus N on CPU) sets its own
+    message = keep_freed_memory_for_tool(args, cfg.MODEL.DEVICE)  # in each process of --num-gpus N
+    if message:
+        print(message)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
