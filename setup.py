@@ -7,7 +7,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="fpn_plugin",
-    version="0.1.0",
+    version="0.2.0",
     description="Feature Pyramid Networks (Lin et al. 2017) as registered Detectron2 components",
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",

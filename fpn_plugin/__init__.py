@@ -2,29 +2,43 @@
 
 ``import fpn_plugin`` registers, in Detectron2's registries:
 
-- ``BACKBONE_REGISTRY``: ``build_fpn_neck_backbone`` (a bottom-up network + :class:`FPNNeck`) and
-  ``build_pafpn_neck_backbone`` (+ :class:`PathAggregationNeck`: PAFPN, or BiFPN-style weighted fusion)
+- ``BACKBONE_REGISTRY``: ``build_fpn_neck_backbone`` (a bottom-up network + :class:`FPNNeck`),
+  ``build_pafpn_neck_backbone`` (+ :class:`PathAggregationNeck`) and ``build_basic_resnet_backbone``
 - ``ANCHOR_GENERATOR_REGISTRY``: ``SharedAnchorGenerator``
 - ``ROI_HEADS_REGISTRY``: ``LevelMappingROIHeads`` (pooling through :class:`LevelMappingROIPooler`)
 
-and ``add_fpn_plugin_config(cfg)`` adds the plugin's new config keys to a Detectron2 ``CfgNode``.
+``add_fpn_plugin_config(cfg)`` adds the plugin's config keys to a Detectron2 ``CfgNode``, and
+``accelerate(model, cfg)`` applies the execution strategies of ``MODEL.ACCEL`` to a built model.
+
+Packages: :mod:`.modeling` (the paper), :mod:`.accel` (running it fast), :mod:`.data`,
+:mod:`.engine` (training, prediction, ablation), :mod:`.export`, :mod:`.benchmark`.
 """
 from ._requirements import check_detectron2
 
 check_detectron2()
 
+from .accel import AccelOptions, accelerate  # noqa: E402
 from .config import add_fpn_plugin_config, get_plugin_cfg  # noqa: E402
-from .bottom_up import build_basic_resnet_backbone  # noqa: E402
-from .neck import FPNNeck, LastLevelP6P7, LastLevelSubsample, build_fpn_neck_backbone  # noqa: E402
-from .path_aggregation import PathAggregationNeck, build_pafpn_neck_backbone  # noqa: E402
-from .weighted_fusion import FastNormalizedFusion  # noqa: E402
-from .anchors import SharedAnchorGenerator  # noqa: E402
-from .pooler import LevelMappingROIPooler, assign_boxes_to_levels  # noqa: E402
-from .roi_heads import LevelMappingROIHeads  # noqa: E402
+from .modeling import (  # noqa: E402
+    FastNormalizedFusion,
+    FPNNeck,
+    LastLevelP6P7,
+    LastLevelSubsample,
+    LevelMappingROIHeads,
+    LevelMappingROIPooler,
+    PathAggregationNeck,
+    SharedAnchorGenerator,
+    assign_boxes_to_levels,
+    build_basic_resnet_backbone,
+    build_fpn_neck_backbone,
+    build_pafpn_neck_backbone,
+)
 
 __all__ = [
     "add_fpn_plugin_config",
     "get_plugin_cfg",
+    "accelerate",
+    "AccelOptions",
     "FPNNeck",
     "LastLevelSubsample",
     "LastLevelP6P7",
@@ -38,4 +52,4 @@ __all__ = [
     "assign_boxes_to_levels",
     "LevelMappingROIHeads",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

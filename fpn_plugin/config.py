@@ -4,16 +4,64 @@ Detectron2's existing keys keep their meaning (``MODEL.FPN.IN_FEATURES/OUT_CHANN
 ``MODEL.ANCHOR_GENERATOR.SIZES/ASPECT_RATIOS/OFFSET``, ``MODEL.ROI_*_HEAD.POOLER_*`` ...).
 :func:`add_fpn_plugin_config` only adds keys for options Detectron2 does not have; each has a
 default that reproduces Detectron2's R50-FPN, so a Detectron2 FPN config turns into a plugin
-config by changing the three ``NAME`` keys, and back.
+config by changing the three ``NAME`` keys, and back. What the model computes is under
+``MODEL.FPN`` (and ``MODEL.PAFPN``, ``MODEL.ANCHOR_GENERATOR``, ``MODEL.ROI_HEADS``); how it is
+run is under ``MODEL.ACCEL``, read by :func:`fpn_plugin.accel.accelerate` only.
 """
+import functools
 import importlib.util
 import os
-from typing import Optional
+import warnings
+from typing import Any, Optional
 
 import torch
 
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
+
+__all__ = ["add_fpn_plugin_config", "get_plugin_cfg", "RENAMED_KEYS", "get_renamed", "detectron2_config_file", "fall_back_to_cpu"]
+
+#: Keys that moved: old -> new. An old key still works (with a FutureWarning): it keeps a None
+#: default, and :func:`get_renamed` reads it wherever the new key is read.
+RENAMED_KEYS = {
+    "MODEL.FPN.CHANNELS_LAST": "MODEL.ACCEL.CHANNELS_LAST",
+    "MODEL.FPN.AUTOCAST_DTYPE": "MODEL.ACCEL.AUTOCAST_DTYPE",
+    "MODEL.FPN.FOLD_FROZEN_BN": "MODEL.ACCEL.FOLD_FROZEN_BN",
+    "MODEL.FPN.CPU_BLOCKED_LAYOUT": "MODEL.ACCEL.CPU_BLOCKED_LAYOUT",
+    "MODEL.ANCHOR_GENERATOR.CACHE_SIZE": "MODEL.ACCEL.ANCHOR_CACHE_SIZE",
+    "MODEL.FPN.PATH_AUGMENTATION": "MODEL.PAFPN.PATH_AUGMENTATION",
+    "MODEL.FPN.FUSION_EPS": "MODEL.PAFPN.FUSION_EPS",
+}
+_OLD_NAMES = {new: old for old, new in RENAMED_KEYS.items()}
+
+
+def _node_and_leaf(cfg: CN, key: str):
+    *path, leaf = key.split(".")
+    node = cfg
+    for part in path:
+        node = node[part]
+    return node, leaf
+
+
+@functools.lru_cache(maxsize=None)
+def _defaults() -> CN:
+    return get_plugin_cfg()
+
+
+def get_renamed(cfg: CN, key: str) -> Any:
+    """The value of ``key`` (a new name in :data:`RENAMED_KEYS`), or of its old name where a config
+    still sets that (FutureWarning); ``ValueError`` naming both when they disagree."""
+    node, leaf = _node_and_leaf(cfg, key)
+    value = node[leaf]
+    old = _OLD_NAMES.get(key)
+    old_value = _node_and_leaf(cfg, old)[0].get(old.rsplit(".", 1)[1]) if old else None
+    if old_value is None:
+        return value
+    default_node, _ = _node_and_leaf(_defaults(), key)
+    if value != default_node[leaf] and value != old_value:
+        raise ValueError(f"{old} = {old_value!r} and {key} = {value!r} disagree; set only {key}.")
+    warnings.warn(f"{old} is now {key}; please rename it in your config.", FutureWarning, stacklevel=2)
+    return old_value
 
 
 def add_fpn_plugin_config(cfg: CN) -> CN:
@@ -29,7 +77,7 @@ def add_fpn_plugin_config(cfg: CN) -> CN:
         if key not in node:
             node[key] = value
 
-    # --- Neck (MODEL.FPN) --------------------------------------------------------------------
+    # --- Neck (MODEL.FPN): the architecture ---------------------------------------------------
     # Registered BACKBONE_REGISTRY name of the bottom-up network the neck sits on. It must output
     # MODEL.FPN.IN_FEATURES with strides that double level to level (ResNet: res2..res5).
     _set(_C.MODEL.FPN, "BOTTOM_UP", "build_resnet_backbone")
@@ -44,44 +92,56 @@ def add_fpn_plugin_config(cfg: CN) -> CN:
     _set(_C.MODEL.FPN, "LATERAL", True)
     # FINEST_ONLY=True: the full pyramid is built but only the finest map (P2) is output (row f).
     _set(_C.MODEL.FPN, "FINEST_ONLY", False)
-    # Run the bottom-up network and the neck in channels-last (NHWC) memory layout: faster
-    # convolutions, same parameters; features equal to float rounding, but near-tied proposals
-    # may swap places in the ranking, so it is off by default.
-    _set(_C.MODEL.FPN, "CHANNELS_LAST", False)
-    # Inference mixed precision: "" (off, float32), "float16" or "bfloat16". In eval mode the
-    # bottom-up network and the neck run under torch.autocast with this dtype and return float32
-    # features (so the RPN and RoI heads stay float32). GPU fast mode: this = "float16" plus
-    # CHANNELS_LAST True; on CPUs with AVX512-BF16/AMX, "bfloat16" plus CHANNELS_LAST True (README,
-    # Performance). Training mixed precision is Detectron2's SOLVER.AMP.ENABLED.
-    _set(_C.MODEL.FPN, "AUTOCAST_DTYPE", "")
-    # In eval, fold each FrozenBatchNorm of the bottom-up network into the convolution before it
-    # (one pass over each feature map instead of two); parameters and state_dict unchanged,
-    # outputs equal to float rounding (fpn_plugin/frozen_bn_fold.py). Off by default because
-    # features then differ from Detectron2's in the last bits, so near-tied proposals can swap places.
-    _set(_C.MODEL.FPN, "FOLD_FROZEN_BN", False)
-    # CPU float32 inference: run a Detectron2 ResNet bottom-up and the lateral convs on oneDNN
-    # tensors (its blocked layout), skipping the two layout conversions every NCHW convolution
-    # makes. Same kernels, outputs bit-identical to the NCHW path's, folded or not (checked once per
-    # process; falls back to NCHW if not). No effect on GPU, in training, with gradients, with
-    # CHANNELS_LAST or AUTOCAST_DTYPE, or inside a caller's torch.autocast region.
-    _set(_C.MODEL.FPN, "CPU_BLOCKED_LAYOUT", True)
-    # Read by the "build_pafpn_neck_backbone" neck only (fpn_plugin/path_aggregation.py), which
-    # also accepts MODEL.FPN.FUSE_TYPE "weighted" (EfficientDet's fast normalized fusion, BiFPN-style).
-    # PATH_AUGMENTATION: PANet's bottom-up path N_{k+1} = conv3x3(conv3x3_s2(N_k) + P_{k+1}) after the FPN.
-    _set(_C.MODEL.FPN, "PATH_AUGMENTATION", True)
-    # eps of the weighted fusion O = sum_i w_i I_i / (eps + sum_j w_j) (EfficientDet: 1e-4).
-    _set(_C.MODEL.FPN, "FUSION_EPS", 1e-4)
 
-    # --- Narrow BasicBlock ResNet ("build_basic_resnet_backbone", fpn_plugin/bottom_up.py) ---
+    # --- PAFPN ("build_pafpn_neck_backbone", fpn_plugin/modeling/path_aggregation.py) ----------
+    # It also accepts MODEL.FPN.FUSE_TYPE "weighted" (EfficientDet's fast normalized fusion).
+    if "PAFPN" not in _C.MODEL:
+        _C.MODEL.PAFPN = CN()
+    # PANet's bottom-up path N_{k+1} = conv3x3(conv3x3_s2(N_k) + P_{k+1}) after the FPN.
+    _set(_C.MODEL.PAFPN, "PATH_AUGMENTATION", True)
+    # eps of the weighted fusion O = sum_i w_i I_i / (eps + sum_j w_j) (EfficientDet: 1e-4).
+    _set(_C.MODEL.PAFPN, "FUSION_EPS", 1e-4)
+
+    # --- Execution (MODEL.ACCEL): how the model is run, read by fpn_plugin.accel.accelerate ---
+    # Every key changes speed or memory, never the architecture or the parameters; the first four
+    # keep the outputs bit-identical, the last three change them by float rounding (docs/performance.md).
+    if "ACCEL" not in _C.MODEL:
+        _C.MODEL.ACCEL = CN()
+    # False: the plain model, as its classes compute it (no strategy below is applied).
+    _set(_C.MODEL.ACCEL, "ENABLED", True)
+    # CPU float32 inference: a Detectron2 ResNet bottom-up and the lateral convs run on oneDNN
+    # tensors (its blocked layout), skipping the two layout conversions of every NCHW convolution.
+    # Checked once per process against the NCHW path (falls back if they differ). Ignored with
+    # CHANNELS_LAST or AUTOCAST_DTYPE.
+    _set(_C.MODEL.ACCEL, "CPU_BLOCKED_LAYOUT", True)
+    # Inference: the top-down merge adds the upsampled map into the lateral map in place.
+    _set(_C.MODEL.ACCEL, "IN_PLACE_TOP_DOWN", True)
+    # Anchor grids kept per feature-map sizes (least recently used evicted); 0 turns the cache off.
+    _set(_C.MODEL.ACCEL, "ANCHOR_CACHE_SIZE", 16)
+    # RoIAlign of the level-mapping poolers: "per_level" (one RoI op per level, as Detectron2),
+    # "embedding_bag" (all levels in one vectorised call), "auto" (embedding_bag on CPU).
+    _set(_C.MODEL.ACCEL, "ROI_ALIGN", "auto")
+    # Backbone in channels-last (NHWC) memory layout: faster convolutions, features equal to float
+    # rounding (near-tied proposals may swap places in the ranking).
+    _set(_C.MODEL.ACCEL, "CHANNELS_LAST", False)
+    # Inference mixed precision of the backbone: "" (float32), "float16" or "bfloat16"; float32
+    # features out. GPU fast mode: "float16" with CHANNELS_LAST. Training: SOLVER.AMP.ENABLED.
+    _set(_C.MODEL.ACCEL, "AUTOCAST_DTYPE", "")
+    # Inference: each FrozenBatchNorm folded into the convolution before it (one pass instead of two).
+    _set(_C.MODEL.ACCEL, "FOLD_FROZEN_BN", False)
+
+    # --- Renamed keys (RENAMED_KEYS): None = not set; a value is still honoured, with a warning.
+    for old in RENAMED_KEYS:
+        node, leaf = _node_and_leaf(_C, old)
+        _set(node, leaf, None)
+
+    # --- Narrow BasicBlock ResNet ("build_basic_resnet_backbone", fpn_plugin/modeling/basic_resnet.py)
     # Blocks in res2..res5; its widths are MODEL.RESNETS.STEM_OUT_CHANNELS and RES2_OUT_CHANNELS.
     _set(_C.MODEL.RESNETS, "BLOCKS_PER_STAGE", [2, 2, 2, 2])
 
     # --- Anchors (MODEL.ANCHOR_GENERATOR) ----------------------------------------------------
     # Anchor scales per octave: each size s becomes s * 2**(i / n), i = 0..n-1 (RetinaNet: 3).
     _set(_C.MODEL.ANCHOR_GENERATOR, "SCALES_PER_OCTAVE", 1)
-    # Anchor grids kept per (feature-map sizes, device, dtype), least recently used evicted.
-    # 0 turns the cache off.
-    _set(_C.MODEL.ANCHOR_GENERATOR, "CACHE_SIZE", 16)
 
     # --- Level-mapping RoI pooler (MODEL.ROI_HEADS) -----------------------------------------
     # Eqn. (1) of the paper: k = floor(k0 + log2(sqrt(w * h) / s0)), clamped to the pyramid.
@@ -90,7 +150,7 @@ def add_fpn_plugin_config(cfg: CN) -> CN:
     # k0, the level (log2 of the stride) that an s0 x s0 RoI is pooled from:
     _set(_C.MODEL.ROI_HEADS, "CANONICAL_LEVEL", 4)
 
-    # --- The embedded synthetic dataset (fpn_plugin/data.py) ---------------------------------
+    # --- The embedded synthetic dataset (fpn_plugin/data/shapes.py) ---------------------------------
     # "fpn_shapes_train"/"fpn_shapes_val" are generated on first use with these settings.
     if "FPN_SHAPES" not in _C.DATASETS:
         _C.DATASETS.FPN_SHAPES = CN()

@@ -86,7 +86,10 @@ def test_new_keys_have_defaults_that_reproduce_detectron2():
     # Each new key is documented next to its default.
     with open(os.path.join(REPO, "fpn_plugin", "config.py")) as f:
         source = f.read()
-    for key in ("BOTTOM_UP", "UPSAMPLE", "EXTRA_LEVELS", "TOP_DOWN", "LATERAL", "FINEST_ONLY", "SCALES_PER_OCTAVE", "CACHE_SIZE", "CANONICAL_BOX_SIZE", "CANONICAL_LEVEL"):
+    keys = ("BOTTOM_UP", "UPSAMPLE", "EXTRA_LEVELS", "TOP_DOWN", "LATERAL", "FINEST_ONLY", "SCALES_PER_OCTAVE",
+            "CANONICAL_BOX_SIZE", "CANONICAL_LEVEL", "PATH_AUGMENTATION", "FUSION_EPS", "ENABLED", "CPU_BLOCKED_LAYOUT",
+            "IN_PLACE_TOP_DOWN", "ANCHOR_CACHE_SIZE", "ROI_ALIGN", "CHANNELS_LAST", "AUTOCAST_DTYPE", "FOLD_FROZEN_BN")
+    for key in keys:
         line = next(i for i, line in enumerate(source.splitlines()) if f'"{key}"' in line)
         assert source.splitlines()[line - 1].strip().startswith("#"), key
 

@@ -22,7 +22,7 @@ from fvcore.nn import parameter_count
 
 from fpn_plugin import FPNNeck, LevelMappingROIHeads, LevelMappingROIPooler, SharedAnchorGenerator
 from fpn_plugin.config import detectron2_config_file
-from fpn_plugin.workload import make_trained_like, random_boxes
+from fpn_plugin.benchmark.workload import make_trained_like, random_boxes
 from tests.conftest import REPO, plugin_cfg
 
 LAZY = os.path.join(REPO, "configs", "lazy")
@@ -258,7 +258,7 @@ def test_lazyconfig_train_net_trains_and_evaluates_quickstart(tmp_path_factory):
 
     log = run()
     assert "no GPU is available: running on CPU" in log or torch.cuda.is_available()
-    assert "memory allocator:" in log  # on CPU the tool keeps freed memory (fpn_plugin/cpu_allocator.py)
+    assert "memory allocator:" in log  # on CPU the tool keeps freed memory (fpn_plugin/accel/cpu_allocator.py)
     with open(out / "metrics.json") as f:
         metrics = [json.loads(line) for line in f if line.strip()]
     losses = [m for m in metrics if "total_loss" in m]

@@ -56,9 +56,9 @@ from detectron2.modeling.postprocessing import detector_postprocess  # noqa: E40
 from detectron2.utils.env import seed_all_rng  # noqa: E402
 
 from fpn_plugin.config import get_plugin_cfg  # noqa: E402
-from fpn_plugin.cpu_allocator import add_system_malloc_argument, keep_freed_memory_for_tool  # noqa: E402
+from fpn_plugin.accel.cpu_allocator import add_system_malloc_argument, keep_freed_memory_for_tool  # noqa: E402
 from fpn_plugin.data import register_shapes_datasets_from_config  # noqa: E402
-from fpn_plugin.trainer import FPNTrainer  # noqa: E402
+from fpn_plugin.engine.trainer import FPNTrainer  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "quickstart.yaml")

@@ -35,7 +35,7 @@ from detectron2.export import TracingAdapter  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.analysis import FlopCountAnalysis  # noqa: E402
 
-from fpn_plugin.workload import make_trained_like  # noqa: E402
+from fpn_plugin.benchmark.workload import make_trained_like  # noqa: E402
 
 # Display names of the detector's top-level modules.
 COMPONENT_NAMES = {"proposal_generator": "RPN", "roi_heads": "RoI heads", "head": "head", "anchor_generator": "anchors"}

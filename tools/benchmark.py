@@ -56,7 +56,7 @@ Measurements (``--only`` names):
 Memory allocator: CPU times depend on it (with glibc's defaults each forward page-faults its large
 blocks anew). The figures are taken with the process's allocator as it is, unless
 ``--keep-freed-memory`` makes glibc keep freed memory for reuse as the training and demo tools do
-(``fpn_plugin/cpu_allocator.py``); the header says which.
+(``fpn_plugin/accel/cpu_allocator.py``); the header says which.
 
 Output: a header (versions, device, threads, inputs, allocator, proposal counts, checks) and a Markdown
 table ``| measurement | fpn_plugin | Detectron2 | ratio |`` (ratio = fpn_plugin / reference;
@@ -90,8 +90,8 @@ from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 
 from fpn_plugin.config import detectron2_config_file, get_plugin_cfg  # noqa: E402
-from fpn_plugin.cpu_allocator import allocator_choice, keep_freed_cpu_memory  # noqa: E402
-from fpn_plugin.workload import make_trained_like, random_boxes  # noqa: E402
+from fpn_plugin.accel.cpu_allocator import allocator_choice, keep_freed_cpu_memory  # noqa: E402
+from fpn_plugin.benchmark.workload import make_trained_like, random_boxes  # noqa: E402
 
 D2_R50_FPN = "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"
 DEFAULT_CONFIG = "configs/fpn_r50.yaml"
@@ -173,7 +173,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", default=None, help="write all figures to this JSON file")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights, images and boxes (default 0)")
     p.add_argument("--keep-freed-memory", action="store_true", help="make glibc malloc keep freed memory for reuse, "
-                   "as the training and demo tools do on CPU (both models gain; see fpn_plugin/cpu_allocator.py)")
+                   "as the training and demo tools do on CPU (both models gain; see fpn_plugin/accel/cpu_allocator.py)")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides for both models")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)  # memory subprocess: its spec file
     args = p.parse_args(argv)

@@ -49,7 +49,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from detectron2.utils.visualizer import ColorMode, GenericMask, Visualizer  # noqa: E402
 
 from fpn_plugin.config import fall_back_to_cpu  # noqa: E402
-from fpn_plugin.cpu_allocator import add_system_malloc_argument, keep_freed_memory_for_tool  # noqa: E402
+from fpn_plugin.accel.cpu_allocator import add_system_malloc_argument, keep_freed_memory_for_tool  # noqa: E402
 from fpn_plugin.data import register_shapes_datasets  # noqa: E402
 
 logger = logging.getLogger("fpn_plugin.demo")

@@ -16,7 +16,7 @@ TorchScript-based exporter by default (``--onnx-exporter dynamo`` tries ``torch.
 The output folder gets ``model.ts`` or ``model.onnx`` and ``export.json`` (the method, format,
 input and output names, and the check's results). The exported model takes the image resized as
 ``DefaultPredictor`` does, (3, H, W) float32 in ``INPUT.FORMAT``, and returns the detections in
-that image's pixels (see ``fpn_plugin/export.py``).
+that image's pixels (see ``fpn_plugin/export/``).
 
 ``--check`` loads the written file back, runs it and the eager model on the sample image (and on
 ``--check-images``, e.g. of other sizes) and matches their detections (boxes, scores, classes,

@@ -40,9 +40,9 @@ from detectron2.engine import (  # noqa: E402
 from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
-from fpn_plugin.cpu_allocator import add_system_malloc_argument, keep_freed_memory_for_tool  # noqa: E402
+from fpn_plugin.accel.cpu_allocator import add_system_malloc_argument, keep_freed_memory_for_tool  # noqa: E402
 from fpn_plugin.data import register_shapes_datasets  # noqa: E402
-from fpn_plugin.trainer import create_ddp_model_any_device  # noqa: E402
+from fpn_plugin.engine.trainer import create_ddp_model_any_device  # noqa: E402
 
 logger = logging.getLogger("detectron2")
 

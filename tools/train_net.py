@@ -25,9 +25,9 @@ from detectron2.evaluation import verify_results  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
 from fpn_plugin.config import fall_back_to_cpu  # noqa: E402
-from fpn_plugin.cpu_allocator import add_system_malloc_argument, keep_freed_memory_for_tool  # noqa: E402
+from fpn_plugin.accel.cpu_allocator import add_system_malloc_argument, keep_freed_memory_for_tool  # noqa: E402
 from fpn_plugin.data import register_coco_folder, register_shapes_datasets_from_config  # noqa: E402
-from fpn_plugin.trainer import FPNTrainer  # noqa: E402
+from fpn_plugin.engine.trainer import FPNTrainer  # noqa: E402
 
 
 def setup(args):

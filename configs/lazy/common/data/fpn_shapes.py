@@ -1,4 +1,4 @@
-"""Loaders and evaluator for fpn_shapes, the embedded synthetic dataset (fpn_plugin/data.py), as in
+"""Loaders and evaluator for fpn_shapes, the embedded synthetic dataset (fpn_plugin/data/shapes.py), as in
 configs/quickstart.yaml: 512 px images, horizontal flips for training, COCO evaluation.
 
 ``datasets`` registers ``fpn_shapes_train``/``fpn_shapes_val`` (generated on first use under ``root``,
@@ -13,7 +13,7 @@ from detectron2.data import build_detection_test_loader, build_detection_train_l
 from detectron2.evaluation import COCOEvaluator
 
 from fpn_plugin.data import SHAPES_TRAIN, SHAPES_VAL, register_shapes_datasets
-from fpn_plugin.mapper import CheckedDatasetMapper
+from fpn_plugin.data.mapper import CheckedDatasetMapper
 
 datasets = L(register_shapes_datasets)(root=None, num_train=1000, num_val=100, seed=0, image_size=512)
 
