@@ -1,4 +1,5 @@
 """Fail early, and helpfully, when Detectron2 is missing (it is not on PyPI)."""
+
 INSTALL_HINT = (
     "fpn_plugin needs Detectron2, which is not on PyPI. Install it with\n"
     "    python -m pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'\n"

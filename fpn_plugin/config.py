@@ -1,6 +1,7 @@
 """The plugin's config keys, and where the config touches the code.
 
-Detectron2's existing keys keep their meaning (``MODEL.FPN.IN_FEATURES/OUT_CHANNELS/NORM/FUSE_TYPE``,
+Detectron2's existing keys keep their meaning
+(``MODEL.FPN.IN_FEATURES/OUT_CHANNELS/NORM/FUSE_TYPE``,
 ``MODEL.ANCHOR_GENERATOR.SIZES/ASPECT_RATIOS/OFFSET``, ``MODEL.ROI_*_HEAD.POOLER_*`` ...).
 :func:`add_fpn_plugin_config` only adds keys for options Detectron2 does not have; each has a
 default that reproduces Detectron2's R50-FPN, so a Detectron2 FPN config turns into a plugin
@@ -8,6 +9,7 @@ config by changing the three ``NAME`` keys, and back. What the model computes is
 ``MODEL.FPN`` (and ``MODEL.PAFPN``, ``MODEL.ANCHOR_GENERATOR``, ``MODEL.ROI_HEADS``); how it is
 run is under ``MODEL.ACCEL``, read by :func:`fpn_plugin.accel.accelerate` only.
 """
+
 import functools
 import importlib.util
 import os
@@ -19,10 +21,17 @@ import torch
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-__all__ = ["add_fpn_plugin_config", "get_plugin_cfg", "RENAMED_KEYS", "get_renamed", "detectron2_config_file", "fall_back_to_cpu"]
+__all__ = [
+    "add_fpn_plugin_config",
+    "get_plugin_cfg",
+    "RENAMED_KEYS",
+    "plugin_key",
+    "detectron2_config_file",
+    "fall_back_to_cpu",
+]
 
 #: Keys that moved: old -> new. An old key still works (with a FutureWarning): it keeps a None
-#: default, and :func:`get_renamed` reads it wherever the new key is read.
+#: default, and :func:`plugin_key` reads it wherever the new key is read.
 RENAMED_KEYS = {
     "MODEL.FPN.CHANNELS_LAST": "MODEL.ACCEL.CHANNELS_LAST",
     "MODEL.FPN.AUTOCAST_DTYPE": "MODEL.ACCEL.AUTOCAST_DTYPE",
@@ -35,12 +44,14 @@ RENAMED_KEYS = {
 _OLD_NAMES = {new: old for old, new in RENAMED_KEYS.items()}
 
 
-def _node_and_leaf(cfg: CN, key: str):
-    *path, leaf = key.split(".")
+def _lookup(cfg: CN, key: str, default: Any = None) -> Any:
+    """``cfg``'s value at the dotted ``key``, or ``default`` where a node or the leaf is missing."""
     node = cfg
-    for part in path:
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
         node = node[part]
-    return node, leaf
+    return node
 
 
 @functools.lru_cache(maxsize=None)
@@ -48,19 +59,25 @@ def _defaults() -> CN:
     return get_plugin_cfg()
 
 
-def get_renamed(cfg: CN, key: str) -> Any:
-    """The value of ``key`` (a new name in :data:`RENAMED_KEYS`), or of its old name where a config
-    still sets that (FutureWarning); ``ValueError`` naming both when they disagree."""
-    node, leaf = _node_and_leaf(cfg, key)
-    value = node[leaf]
+def plugin_key(cfg: CN, key: str) -> Any:
+    """The value of the plugin's config ``key`` in ``cfg``.
+
+    Where ``cfg`` lacks the key (a config made by Detectron2's ``get_cfg()`` alone) it is the key's
+    default, so that the components build from Detectron2's configs too. Where ``key`` is a new
+    name in :data:`RENAMED_KEYS` and ``cfg`` still sets the old one, the old one's value counts
+    (FutureWarning); ``ValueError`` naming both when they disagree.
+    """
+    default = _lookup(_defaults(), key)
+    value = _lookup(cfg, key, default)
     old = _OLD_NAMES.get(key)
-    old_value = _node_and_leaf(cfg, old)[0].get(old.rsplit(".", 1)[1]) if old else None
+    old_value = _lookup(cfg, old) if old else None
     if old_value is None:
         return value
-    default_node, _ = _node_and_leaf(_defaults(), key)
-    if value != default_node[leaf] and value != old_value:
+    if value != default and value != old_value:
         raise ValueError(f"{old} = {old_value!r} and {key} = {value!r} disagree; set only {key}.")
-    warnings.warn(f"{old} is now {key}; please rename it in your config.", FutureWarning, stacklevel=2)
+    warnings.warn(
+        f"{old} is now {key}; please rename it in your config.", FutureWarning, stacklevel=2
+    )
     return old_value
 
 
@@ -102,9 +119,27 @@ def add_fpn_plugin_config(cfg: CN) -> CN:
     # eps of the weighted fusion O = sum_i w_i I_i / (eps + sum_j w_j) (EfficientDet: 1e-4).
     _set(_C.MODEL.PAFPN, "FUSION_EPS", 1e-4)
 
+    # --- BiFPN ("build_bifpn_backbone", fpn_plugin/modeling/bifpn.py), EfficientDet's neck ---
+    # Its inputs and width are the other necks' keys: MODEL.FPN.BOTTOM_UP, MODEL.FPN.IN_FEATURES
+    # (C3..C5), MODEL.FPN.OUT_CHANNELS (d; EfficientDet-D0: 64), MODEL.FPN.UPSAMPLE; so comparing
+    # necks changes MODEL.BACKBONE.NAME only. It does not read MODEL.FPN's other keys (NORM,
+    # FUSE_TYPE, EXTRA_LEVELS, ...): its own are these.
+    if "BIFPN" not in _C.MODEL:
+        _C.MODEL.BIFPN = CN()
+    # BiFPN layers in a row, each one's outputs the next one's inputs (EfficientDet-D0: 3).
+    _set(_C.MODEL.BIFPN, "NUM_LAYERS", 3)
+    # Norm after every conv of the neck: "BN" (the paper), "SyncBN" (multi-GPU), "GN", "".
+    _set(_C.MODEL.BIFPN, "NORM", "BN")
+    # Levels above the coarsest input, each a stride-2 max-pooling (P6 after a 1x1 conv of C5):
+    # 2 gives the paper's P6, P7.
+    _set(_C.MODEL.BIFPN, "NUM_EXTRA_LEVELS", 2)
+    # eps of every fusion node O = sum_i w_i I_i / (eps + sum_j w_j) (the paper: 1e-4).
+    _set(_C.MODEL.BIFPN, "FUSION_EPS", 1e-4)
+
     # --- Execution (MODEL.ACCEL): how the model is run, read by fpn_plugin.accel.accelerate ---
-    # Every key changes speed or memory, never the architecture or the parameters; the first four
-    # keep the outputs bit-identical, the last three change them by float rounding (docs/performance.md).
+    # Every key changes speed or memory, never the architecture or the parameters. The defaults
+    # keep the outputs bit-identical; ROI_ALIGN "embedding_bag", CHANNELS_LAST, AUTOCAST_DTYPE and
+    # FOLD_FROZEN_BN change them by float rounding (docs/performance.md).
     if "ACCEL" not in _C.MODEL:
         _C.MODEL.ACCEL = CN()
     # False: the plain model, as its classes compute it (no strategy below is applied).
@@ -118,8 +153,11 @@ def add_fpn_plugin_config(cfg: CN) -> CN:
     _set(_C.MODEL.ACCEL, "IN_PLACE_TOP_DOWN", True)
     # Anchor grids kept per feature-map sizes (least recently used evicted); 0 turns the cache off.
     _set(_C.MODEL.ACCEL, "ANCHOR_CACHE_SIZE", 16)
-    # RoIAlign of the level-mapping poolers: "per_level" (one RoI op per level, as Detectron2),
-    # "embedding_bag" (all levels in one vectorised call), "auto" (embedding_bag on CPU).
+    # RoIAlign of the level-mapping poolers (Detectron2's ROIPooler is replaced by its equivalent):
+    # "per_level" (one RoI op per level, one thread, as Detectron2); "parallel" (in inference the
+    # same ops with the RoIs split over the CPU threads: bit-identical); "embedding_bag" (all levels
+    # in one vectorised call: fastest, equal to float rounding, docs/performance.md); "auto"
+    # ("parallel" in inference, "embedding_bag" when gradients flow, i.e. in training).
     _set(_C.MODEL.ACCEL, "ROI_ALIGN", "auto")
     # Backbone in channels-last (NHWC) memory layout: faster convolutions, features equal to float
     # rounding (near-tied proposals may swap places in the ranking).
@@ -127,17 +165,45 @@ def add_fpn_plugin_config(cfg: CN) -> CN:
     # Inference mixed precision of the backbone: "" (float32), "float16" or "bfloat16"; float32
     # features out. GPU fast mode: "float16" with CHANNELS_LAST. Training: SOLVER.AMP.ENABLED.
     _set(_C.MODEL.ACCEL, "AUTOCAST_DTYPE", "")
-    # Inference: each FrozenBatchNorm folded into the convolution before it (one pass instead of two).
+    # Inference: each FrozenBatchNorm folded into the convolution before it (one pass instead of
+    # two).
     _set(_C.MODEL.ACCEL, "FOLD_FROZEN_BN", False)
 
     # --- Renamed keys (RENAMED_KEYS): None = not set; a value is still honoured, with a warning.
     for old in RENAMED_KEYS:
-        node, leaf = _node_and_leaf(_C, old)
-        _set(node, leaf, None)
+        section, leaf = old.rsplit(".", 1)
+        _set(_lookup(_C, section), leaf, None)
 
-    # --- Narrow BasicBlock ResNet ("build_basic_resnet_backbone", fpn_plugin/modeling/basic_resnet.py)
+    # --- Narrow BasicBlock ResNet ("build_basic_resnet_backbone",
+    #     fpn_plugin/modeling/basic_resnet.py)
     # Blocks in res2..res5; its widths are MODEL.RESNETS.STEM_OUT_CHANNELS and RES2_OUT_CHANNELS.
     _set(_C.MODEL.RESNETS, "BLOCKS_PER_STAGE", [2, 2, 2, 2])
+
+    # --- timm bottom-up ("build_timm_backbone", fpn_plugin/modeling/timm_backbone.py) ---------
+    # Any timm network (pip install timm) as MODEL.FPN.BOTTOM_UP: timm's features_only model.
+    # Feature level i of timm's feature_info is output as "stage<i>" with timm's channels and
+    # stride: MODEL.FPN.IN_FEATURES names these (timm ResNet/EfficientNet/MobileNetV3:
+    # "stage1".."stage4" at strides 4..32; ConvNeXt: "stage0".."stage3"). timm's weights expect
+    # RGB inputs normalised with timm's mean/std: INPUT.FORMAT "RGB", MODEL.PIXEL_MEAN
+    # [123.675, 116.28, 103.53] and MODEL.PIXEL_STD [58.395, 57.12, 57.375] for ImageNet's.
+    if "TIMM" not in _C.MODEL:
+        _C.MODEL.TIMM = CN()
+    # timm model name, as timm.create_model takes it (timm.list_models() lists them).
+    _set(_C.MODEL.TIMM, "NAME", "resnet50")
+    # timm feature levels to output, finest first (feature_info indices; negative: from the end).
+    _set(_C.MODEL.TIMM, "OUT_INDICES", [1, 2, 3, 4])
+    # True: timm's default pretrained weights, downloaded unless in timm's cache (needs network).
+    # False (default): random weights, or those of WEIGHTS; nothing is downloaded.
+    _set(_C.MODEL.TIMM, "PRETRAINED", False)
+    # Local file of the timm model's weights (.safetensors/.pth/.bin as timm saves them, e.g.
+    # model.safetensors of the model's timm page on the Hugging Face hub); "" for none.
+    _set(_C.MODEL.TIMM, "WEIGHTS", "")
+    # As MODEL.BACKBONE.FREEZE_AT (which a timm bottom-up does not read): 0 trains every stage;
+    # k >= 1 freezes the stem and the stages up to stride 2**k (2: stem + stride-4 stage).
+    _set(_C.MODEL.TIMM, "FREEZE_AT", 0)
+    # "" keeps timm's norm layers trainable; "FrozenBN" freezes every BatchNorm (fixed statistics
+    # and affine, as Detectron2's ResNet with pretrained weights). LayerNorms are kept either way.
+    _set(_C.MODEL.TIMM, "NORM", "")
 
     # --- Anchors (MODEL.ANCHOR_GENERATOR) ----------------------------------------------------
     # Anchor scales per octave: each size s becomes s * 2**(i / n), i = 0..n-1 (RetinaNet: 3).
@@ -149,9 +215,15 @@ def add_fpn_plugin_config(cfg: CN) -> CN:
     _set(_C.MODEL.ROI_HEADS, "CANONICAL_BOX_SIZE", 224)
     # k0, the level (log2 of the stride) that an s0 x s0 RoI is pooled from:
     _set(_C.MODEL.ROI_HEADS, "CANONICAL_LEVEL", 4)
+    # True: each detection also carries pred_levels, the level (2 for P2, ...) its RoI was pooled
+    # from (tools/demo.py --color-by-level, exported models). False: exactly Detectron2's fields,
+    # as its tools and its scripting recipe expect.
+    _set(_C.MODEL.ROI_HEADS, "PRED_LEVELS", False)
 
-    # --- The embedded synthetic dataset (fpn_plugin/data/shapes.py) ---------------------------------
-    # "fpn_shapes_train"/"fpn_shapes_val" are generated on first use with these settings.
+    # --- The embedded synthetic dataset (fpn_plugin/data/shapes.py) -------------------------------
+    # "fpn_shapes_train"/"fpn_shapes_val" are generated on first use with these settings, and so
+    # is the panoptic variant "fpn_shapes_panoptic_{train,val}" (fpn_plugin/data/shapes_panoptic.py:
+    # registered as Detectron2 registers COCO panoptic, also as "..._separated", "..._stuffonly").
     if "FPN_SHAPES" not in _C.DATASETS:
         _C.DATASETS.FPN_SHAPES = CN()
     # Cache folder; "" for $FPN_PLUGIN_DATA, else ~/.cache/fpn_plugin.
@@ -175,7 +247,8 @@ def get_plugin_cfg() -> CN:
 
 
 def detectron2_config_file(name: str) -> str:
-    """Path of one of Detectron2's built-in configs, e.g. ``"COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"``.
+    """Path of one of Detectron2's built-in configs, e.g.
+    ``"COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"``.
 
     Unlike ``detectron2.model_zoo.get_config_file`` this does not import ``pkg_resources``
     (gone from setuptools >= 81).

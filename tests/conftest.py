@@ -1,13 +1,23 @@
 """Shared fixtures: Detectron2's built-in R50-FPN and the plugin's, with the same weights."""
+
+import importlib.util
 import os
+import sys
+import types
 
 import pytest
 import torch
 
-import fpn_plugin  # noqa: F401  (registers the components)
+# detectron2.utils.testing (assert_instances_allclose) imports detectron2.model_zoo, which imports
+# pkg_resources at import time; setuptools >= 81 has none. Nothing used here calls it, so an empty
+# module stands in for the tests (the plugin itself never imports model_zoo: tests/test_config.py).
+if importlib.util.find_spec("pkg_resources") is None:
+    sys.modules.setdefault("pkg_resources", types.ModuleType("pkg_resources"))
+
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
+import fpn_plugin  # noqa: F401  (registers the components)
 from fpn_plugin.accel import accelerate
 from fpn_plugin.benchmark.workload import make_trained_like
 from fpn_plugin.config import detectron2_config_file, get_plugin_cfg
@@ -33,11 +43,14 @@ def plugin_cfg(path: str = "configs/fpn_r50.yaml"):
     return cfg
 
 
-def build_parity_pair(d2_name: str = D2_R50_FPN, path: str = "configs/fpn_r50.yaml", opts=(), accelerated=True):
-    """(Detectron2's built-in model ``d2_name``, the plugin's from ``path``, load_state_dict's result), eval
-    mode: Detectron2's with random weights scaled by make_trained_like, the plugin's loaded from its
-    state_dict with strict=True and, if ``accelerated``, run as the tools run it (``MODEL.ACCEL``'s
-    defaults). ``opts`` (KEY VALUE list) are merged into both configs."""
+def build_parity_pair(
+    d2_name: str = D2_R50_FPN, path: str = "configs/fpn_r50.yaml", opts=(), accelerated=True
+):
+    """(Detectron2's built-in model ``d2_name``, the plugin's from ``path``, load_state_dict's
+    result), eval mode: Detectron2's with random weights scaled by make_trained_like, the plugin's
+    loaded from its state_dict with strict=True, recording ``pred_levels`` and, if ``accelerated``,
+    run as the tools run it (``MODEL.ACCEL``'s defaults). ``opts`` (KEY VALUE list) are merged into
+    both configs."""
     cfg_ref, cfg_ours = d2_cfg(d2_name), plugin_cfg(path)
     cfg_ref.merge_from_list(list(opts))
     cfg_ours.merge_from_list(list(opts))
@@ -46,6 +59,8 @@ def build_parity_pair(d2_name: str = D2_R50_FPN, path: str = "configs/fpn_r50.ya
     make_trained_like(ref)
     ours = build_model(cfg_ours).eval()
     result = ours.load_state_dict(ref.state_dict(), strict=True)
+    if hasattr(ours, "roi_heads"):
+        ours.roi_heads.pred_levels = True  # the plugin's one extra output field, checked too
     if accelerated:
         accelerate(ours, cfg_ours)
     return ref, ours, result
@@ -53,6 +68,13 @@ def build_parity_pair(d2_name: str = D2_R50_FPN, path: str = "configs/fpn_r50.ya
 
 @pytest.fixture(scope="session")
 def r50_pair():
-    """(Detectron2's model, the plugin's model as the tools run it), eval mode, the plugin's loaded from
-    Detectron2's state_dict."""
+    """(Detectron2's model, the plugin's model as the tools run it), eval mode, the plugin's loaded
+    from Detectron2's state_dict."""
     return build_parity_pair()
+
+
+def pytest_configure(config):
+    # tests/test_cuda.py: `pytest -m cuda` selects them; without a GPU they are collected and skip.
+    config.addinivalue_line(
+        "markers", "cuda: needs a CUDA GPU (skipped without one); select with pytest -m cuda"
+    )

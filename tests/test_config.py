@@ -1,4 +1,6 @@
-"""Configs: Detectron2's keys keep their meaning, bad settings fail at build time, no surprises on install."""
+"""Configs: Detectron2's keys keep their meaning, bad settings fail at build time, no surprises on
+install."""
+
 import os
 import subprocess
 import sys
@@ -78,7 +80,9 @@ def test_new_keys_have_defaults_that_reproduce_detectron2():
     cfg = add_fpn_plugin_config(d2_cfg())
     assert cfg.MODEL.FPN.UPSAMPLE == "nearest" and cfg.MODEL.FPN.EXTRA_LEVELS == "p6_subsample"
     assert cfg.MODEL.FPN.TOP_DOWN and cfg.MODEL.FPN.LATERAL and not cfg.MODEL.FPN.FINEST_ONLY
-    assert cfg.MODEL.ROI_HEADS.CANONICAL_BOX_SIZE == 224 and cfg.MODEL.ROI_HEADS.CANONICAL_LEVEL == 4
+    assert (
+        cfg.MODEL.ROI_HEADS.CANONICAL_BOX_SIZE == 224 and cfg.MODEL.ROI_HEADS.CANONICAL_LEVEL == 4
+    )
     assert cfg.MODEL.ANCHOR_GENERATOR.SCALES_PER_OCTAVE == 1
     cfg.MODEL.FPN.UPSAMPLE = "bilinear"
     add_fpn_plugin_config(cfg)  # idempotent: keeps values
@@ -86,9 +90,27 @@ def test_new_keys_have_defaults_that_reproduce_detectron2():
     # Each new key is documented next to its default.
     with open(os.path.join(REPO, "fpn_plugin", "config.py")) as f:
         source = f.read()
-    keys = ("BOTTOM_UP", "UPSAMPLE", "EXTRA_LEVELS", "TOP_DOWN", "LATERAL", "FINEST_ONLY", "SCALES_PER_OCTAVE",
-            "CANONICAL_BOX_SIZE", "CANONICAL_LEVEL", "PATH_AUGMENTATION", "FUSION_EPS", "ENABLED", "CPU_BLOCKED_LAYOUT",
-            "IN_PLACE_TOP_DOWN", "ANCHOR_CACHE_SIZE", "ROI_ALIGN", "CHANNELS_LAST", "AUTOCAST_DTYPE", "FOLD_FROZEN_BN")
+    keys = (
+        "BOTTOM_UP",
+        "UPSAMPLE",
+        "EXTRA_LEVELS",
+        "TOP_DOWN",
+        "LATERAL",
+        "FINEST_ONLY",
+        "SCALES_PER_OCTAVE",
+        "CANONICAL_BOX_SIZE",
+        "CANONICAL_LEVEL",
+        "PATH_AUGMENTATION",
+        "FUSION_EPS",
+        "ENABLED",
+        "CPU_BLOCKED_LAYOUT",
+        "IN_PLACE_TOP_DOWN",
+        "ANCHOR_CACHE_SIZE",
+        "ROI_ALIGN",
+        "CHANNELS_LAST",
+        "AUTOCAST_DTYPE",
+        "FOLD_FROZEN_BN",
+    )
     for key in keys:
         line = next(i for i, line in enumerate(source.splitlines()) if f'"{key}"' in line)
         assert source.splitlines()[line - 1].strip().startswith("#"), key
@@ -97,14 +119,25 @@ def test_new_keys_have_defaults_that_reproduce_detectron2():
 @pytest.mark.parametrize(
     "opts, words",
     [
-        (["MODEL.ANCHOR_GENERATOR.SIZES", [[32], [64], [128], [256]]], ["MODEL.ANCHOR_GENERATOR.SIZES", "4 groups", "5 feature levels"]),
-        (["MODEL.FPN.IN_FEATURES", ["res2", "res3", "res5"]], ["MODEL.FPN.IN_FEATURES", "do not double"]),
-        (["MODEL.FPN.IN_FEATURES", ["res2", "res3", "res4", "res6"]], ["MODEL.FPN.IN_FEATURES", "does not produce"]),
+        (
+            ["MODEL.ANCHOR_GENERATOR.SIZES", [[32], [64], [128], [256]]],
+            ["MODEL.ANCHOR_GENERATOR.SIZES", "4 groups", "5 feature levels"],
+        ),
+        (
+            ["MODEL.FPN.IN_FEATURES", ["res2", "res3", "res5"]],
+            ["MODEL.FPN.IN_FEATURES", "do not double"],
+        ),
+        (
+            ["MODEL.FPN.IN_FEATURES", ["res2", "res3", "res4", "res6"]],
+            ["MODEL.FPN.IN_FEATURES", "does not produce"],
+        ),
         (["MODEL.FPN.UPSAMPLE", "trilinear"], ["MODEL.FPN.UPSAMPLE"]),
         (["MODEL.FPN.FUSE_TYPE", "concat"], ["MODEL.FPN.FUSE_TYPE"]),
         (["MODEL.FPN.EXTRA_LEVELS", "p9"], ["MODEL.FPN.EXTRA_LEVELS"]),
-        (["MODEL.ROI_HEADS.CANONICAL_LEVEL", 7], ["MODEL.ROI_HEADS.CANONICAL_LEVEL", "P2..P5"]),
-        (["MODEL.ROI_HEADS.IN_FEATURES", ["p2", "p3", "p9"]], ["MODEL.ROI_HEADS.IN_FEATURES", "p9"]),
+        (
+            ["MODEL.ROI_HEADS.IN_FEATURES", ["p2", "p3", "p9"]],
+            ["MODEL.ROI_HEADS.IN_FEATURES", "p9"],
+        ),
         (["MODEL.ROI_HEADS.IN_FEATURES", ["p2", "p4"]], ["MODEL.ROI_HEADS.IN_FEATURES", "double"]),
     ],
 )
@@ -137,7 +170,9 @@ def _inputs(boxes_per_image):
         inst = Instances((128, 160))
         inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
         inst.gt_classes = torch.zeros(len(inst.gt_boxes), dtype=torch.int64)
-        out.append({"image": torch.rand(3, 128, 160) * 255, "instances": inst, "height": 128, "width": 160})
+        out.append(
+            {"image": torch.rand(3, 128, 160) * 255, "instances": inst, "height": 128, "width": 160}
+        )
     return out
 
 
@@ -162,9 +197,11 @@ def test_training_losses_are_finite(small_model, boxes):
 
 
 def test_roi_heads_with_zero_area_and_inverted_boxes(small_model):
-    """Degenerate RoIs and ground truth reach the level-mapping pooler: losses and detections stay finite.
+    """Degenerate RoIs and ground truth reach the level-mapping pooler: losses and detections stay
+    finite.
 
-    (Degenerate ground truth never reaches the RPN in training: the data mapper drops it, see fpn_plugin.data.)
+    (Degenerate ground truth never reaches the RPN in training: the data mapper drops it, see
+    fpn_plugin.data.)
     """
     bad = [[10, 10, 10, 10], [40, 40, 20, 30], [30, 30, 30, 80], [5, 5, 90, 100]]
     inputs = _inputs([bad, bad[:2]])
@@ -202,11 +239,19 @@ def test_inference_with_no_proposals(small_model):
 
 def _run_python(code):
     env = dict(os.environ, PYTHONPATH=REPO)
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+    )
 
 
 def test_works_without_pkg_resources():
-    """setuptools >= 81 has no pkg_resources (imported by detectron2.model_zoo): the plugin must not need it."""
+    """setuptools >= 81 has no pkg_resources (imported by detectron2.model_zoo): the plugin must not
+    need it."""
     proc = _run_python(
         """
         import sys
@@ -214,7 +259,9 @@ def test_works_without_pkg_resources():
         import fpn_plugin
         from fpn_plugin.config import get_plugin_cfg, detectron2_config_file
         from detectron2.modeling import build_model
-        cfg = get_plugin_cfg(); cfg.merge_from_file("configs/fpn_r50.yaml"); cfg.MODEL.DEVICE = "cpu"
+        cfg = get_plugin_cfg()
+        cfg.merge_from_file("configs/fpn_r50.yaml")
+        cfg.MODEL.DEVICE = "cpu"
         build_model(cfg)
         detectron2_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml")
         print("OK")

@@ -1,4 +1,6 @@
-"""The package's layout: the paper in fpn_plugin.modeling, how it is run fast in fpn_plugin.accel."""
+"""The package's layout: the paper in fpn_plugin.modeling, how it is run fast in
+fpn_plugin.accel."""
+
 import ast
 import inspect
 import os
@@ -33,11 +35,18 @@ def test_modeling_imports_nothing_from_the_acceleration_code():
         offending = [n for n in _imports(path) if n.startswith("fpn_plugin.accel")]
         assert not offending, (path, offending)
     # The check itself sees such imports.
-    assert "fpn_plugin.accel.roi_align" in _imports(os.path.join(PACKAGE, "accel", "multilevel_pooler.py"))
+    assert "fpn_plugin.accel.roi_align" in _imports(
+        os.path.join(PACKAGE, "accel", "multilevel_pooler.py")
+    )
 
 
 def test_the_neck_takes_the_architecture_only():
     ours = list(inspect.signature(FPNNeck.__init__).parameters)[1:]
     detectron2s = list(inspect.signature(FPN.__init__).parameters)[1:]
     assert ours[: len(detectron2s)] == detectron2s  # a drop-in: Detectron2's seven, in order
-    assert ours[len(detectron2s):] == ["upsample", "top_down", "lateral", "finest_only"]  # the paper's variants
+    assert ours[len(detectron2s) :] == [
+        "upsample",
+        "top_down",
+        "lateral",
+        "finest_only",
+    ]  # the paper's variants

@@ -1,9 +1,12 @@
-"""LazyConfig detectors (configs/lazy/), tools/lazyconfig_train_net.py and tools/analyze_model.py.
+"""LazyConfig detectors (configs/lazy/), their training (fpn_plugin/engine/lazy_train.py,
+tools/lazyconfig_train_net.py) and the per-component counts (fpn_plugin/benchmark/analysis.py,
+tools/analyze_model.py).
 
 Each lazy detector is the same model as its YAML twin (Faster R-CNN, quickstart) or as Detectron2's
 own lazy config with the plugin's three components swapped back (Mask R-CNN, RetinaNet, Keypoint
 R-CNN): the other's state_dict loads strictly, and with the same weights the eval outputs agree.
 """
+
 import contextlib
 import importlib.util
 import json
@@ -13,16 +16,21 @@ import sys
 
 import pytest
 import torch
+from fvcore.nn import parameter_count
 
 from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes
 from detectron2.utils.analysis import FlopCountAnalysis
-from fvcore.nn import parameter_count
 
 from fpn_plugin import FPNNeck, LevelMappingROIHeads, LevelMappingROIPooler, SharedAnchorGenerator
-from fpn_plugin.config import detectron2_config_file
+from fpn_plugin.accel import strategies_of
+from fpn_plugin.accel.channels_last import ChannelsLast
+from fpn_plugin.benchmark.analysis import build_detector, components, make_inputs
 from fpn_plugin.benchmark.workload import make_trained_like, random_boxes
+from fpn_plugin.config import detectron2_config_file
+from fpn_plugin.engine import FPNTrainer
+from fpn_plugin.engine.lazy_train import accel_options, build_lazy_model, load_lazy_config
 from tests.conftest import REPO, plugin_cfg
 
 LAZY = os.path.join(REPO, "configs", "lazy")
@@ -41,7 +49,9 @@ def small_inputs(height=256, width=384):
 
 def assert_same_state_dict_layout(a, b):
     """Same parameter and buffer names with the same shapes (the order may differ)."""
-    assert {k: v.shape for k, v in a.state_dict().items()} == {k: v.shape for k, v in b.state_dict().items()}
+    assert {k: v.shape for k, v in a.state_dict().items()} == {
+        k: v.shape for k, v in b.state_dict().items()
+    }
 
 
 @contextlib.contextmanager
@@ -76,8 +86,10 @@ def light_inference(*models):
 
 
 def assert_same_instances(a, b):
-    """Two detectors' ``Instances`` agree to 1e-4 (boxes, scores, classes, and masks/keypoints if present)."""
+    """Two detectors' ``Instances`` agree to 1e-4 (boxes, scores, classes, and masks/keypoints if
+    present)."""
     assert len(a) == len(b) > 0
+    assert set(a.get_fields()) == set(b.get_fields())  # e.g. both record pred_levels, or neither
     torch.testing.assert_close(b.pred_boxes.tensor, a.pred_boxes.tensor, **TOL)
     torch.testing.assert_close(b.scores, a.scores, **TOL)
     assert torch.equal(b.pred_classes, a.pred_classes)
@@ -92,7 +104,11 @@ def run(model, inputs):
     seen = {}
     hooks = [model.backbone.register_forward_hook(lambda m, i, out: seen.update(features=out))]
     if hasattr(model, "proposal_generator"):
-        hooks.append(model.proposal_generator.register_forward_hook(lambda m, i, out: seen.update(proposals=out[0][0])))
+        hooks.append(
+            model.proposal_generator.register_forward_hook(
+                lambda m, i, out: seen.update(proposals=out[0][0])
+            )
+        )
     try:
         with torch.no_grad():
             seen["instances"] = model(inputs)[0]["instances"]
@@ -111,8 +127,12 @@ def assert_same_outputs(ref, ours, inputs):
         torch.testing.assert_close(b["features"][k], a["features"][k], **TOL)
     if "proposals" in a:
         assert len(a["proposals"]) == len(b["proposals"]) == 300
-        torch.testing.assert_close(b["proposals"].proposal_boxes.tensor, a["proposals"].proposal_boxes.tensor, **TOL)
-        torch.testing.assert_close(b["proposals"].objectness_logits, a["proposals"].objectness_logits, **TOL)
+        torch.testing.assert_close(
+            b["proposals"].proposal_boxes.tensor, a["proposals"].proposal_boxes.tensor, **TOL
+        )
+        torch.testing.assert_close(
+            b["proposals"].objectness_logits, a["proposals"].objectness_logits, **TOL
+        )
     assert_same_instances(a["instances"], b["instances"])
     if hasattr(ref, "roi_heads"):
         assert_same_roi_pooling(ref, ours, a["features"])
@@ -123,11 +143,20 @@ def assert_same_roi_pooling(ref, ours, features):
     """Every RoI pooler of ``ours`` pools the same features as ``ref``'s, for RoIs of 16-400 px that
     span several pyramid levels (Eqn. 1), and, when both are the plugin's, from the same levels."""
     height, width = features["p2"].shape[-2] * 4, features["p2"].shape[-1] * 4
-    boxes = [Boxes(random_boxes(200, height, width, torch.Generator().manual_seed(5), min_size=16, max_size=400))]
+    boxes = [
+        Boxes(
+            random_boxes(
+                200, height, width, torch.Generator().manual_seed(5), min_size=16, max_size=400
+            )
+        )
+    ]
     for head in ("box", "mask", "keypoint"):
         if not hasattr(ref.roi_heads, f"{head}_pooler"):
             continue
-        p_ref, p_ours = getattr(ref.roi_heads, f"{head}_pooler"), getattr(ours.roi_heads, f"{head}_pooler")
+        p_ref, p_ours = (
+            getattr(ref.roi_heads, f"{head}_pooler"),
+            getattr(ours.roi_heads, f"{head}_pooler"),
+        )
         x = [features[f] for f in getattr(ref.roi_heads, f"{head}_in_features")]
         with torch.no_grad():
             torch.testing.assert_close(p_ours(x, boxes), p_ref(x, boxes), **TOL)
@@ -137,13 +166,17 @@ def assert_same_roi_pooling(ref, ours, features):
 
 
 def assert_poolers_built_like(ref, ours):
-    """Each plugin pooler has the settings of Detectron2's ROIPooler it replaces (Eqn. 1: k0, s0)."""
+    """Each plugin pooler has the settings of Detectron2's ROIPooler it replaces
+    (Eqn. 1: k0, s0)."""
     for name in ("box_pooler", "mask_pooler", "keypoint_pooler"):
         if hasattr(ref.roi_heads, name):
             p_ref, p_ours = getattr(ref.roi_heads, name), getattr(ours.roi_heads, name)
             assert (p_ours.min_level, p_ours.max_level) == (p_ref.min_level, p_ref.max_level)
             assert p_ours.output_size == tuple(p_ref.output_size)
-            assert (p_ours.canonical_box_size, p_ours.canonical_level) == (p_ref.canonical_box_size, p_ref.canonical_level)
+            assert (p_ours.canonical_box_size, p_ours.canonical_level) == (
+                p_ref.canonical_box_size,
+                p_ref.canonical_level,
+            )
 
 
 def assert_plugin_components(model):
@@ -165,6 +198,7 @@ def assert_plugin_components(model):
 def test_lazy_faster_rcnn_equals_yaml_model(r50_pair):
     ref, yaml_model, _ = r50_pair
     ours = lazy_model("faster_rcnn_fpn_r50.py")
+    ours.roi_heads.pred_levels = True  # as the r50_pair's plugin model: its levels are compared too
     assert_plugin_components(ours)
     assert_same_state_dict_layout(yaml_model, ours)
     ours.load_state_dict(yaml_model.state_dict(), strict=True)
@@ -195,7 +229,9 @@ DETECTRON2_TWINS = {
 def twin_pair(request):
     """(Detectron2's model, ours with Detectron2's weights, load result), eval mode."""
     torch.manual_seed(0)
-    ref = instantiate(LazyConfig.load(detectron2_config_file(DETECTRON2_TWINS[request.param])).model).eval()
+    ref = instantiate(
+        LazyConfig.load(detectron2_config_file(DETECTRON2_TWINS[request.param])).model
+    ).eval()
     make_trained_like(ref)  # Faster/Mask/Keypoint R-CNN and RetinaNet alike
     ours = lazy_model(request.param)
     result = ours.load_state_dict(ref.state_dict(), strict=True)
@@ -233,32 +269,53 @@ def test_lazy_retinanet_has_p3_to_p7_and_nine_anchors():
 def test_lazyconfig_train_net_trains_and_evaluates_quickstart(tmp_path_factory):
     data, out = tmp_path_factory.mktemp("lazy_data"), tmp_path_factory.mktemp("lazy_out")
     tiny = [
-        f"datasets.root={data}", "datasets.num_train=8", "datasets.num_val=4", "datasets.image_size=256",
+        f"datasets.root={data}",
+        "datasets.num_train=8",
+        "datasets.num_val=4",
+        "datasets.image_size=256",
         "dataloader.train.mapper.augmentations.0.short_edge_length=[256]",
         "dataloader.train.mapper.augmentations.0.max_size=256",
         "dataloader.test.mapper.augmentations.0.short_edge_length=256",
         "dataloader.test.mapper.augmentations.0.max_size=256",
-        "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
-        "train.max_iter=4", "train.log_period=1", f"train.output_dir={out}",
+        "dataloader.train.total_batch_size=2",
+        "dataloader.train.num_workers=0",
+        "dataloader.test.num_workers=0",
+        "train.max_iter=4",
+        "train.log_period=1",
+        f"train.output_dir={out}",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONWARNINGS="ignore", PYTHONPATH=REPO)
 
     def run(*flags):
         proc = subprocess.run(
-            [sys.executable, os.path.join(REPO, "tools", "lazyconfig_train_net.py"),
-             "--config-file", os.path.join(LAZY, "quickstart.py"), *flags, *tiny],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                os.path.join(REPO, "tools", "lazyconfig_train_net.py"),
+                "--config-file",
+                os.path.join(LAZY, "quickstart.py"),
+                *flags,
+                *tiny,
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         log = proc.stdout + proc.stderr
         assert proc.returncode == 0, log[-5000:]
         return log
 
     def ap_line(log):
-        return [line.split("copypaste: ")[1] for line in log.splitlines() if "copypaste: " in line][-1]
+        return [line.split("copypaste: ")[1] for line in log.splitlines() if "copypaste: " in line][
+            -1
+        ]
 
     log = run()
     assert "no GPU is available: running on CPU" in log or torch.cuda.is_available()
-    assert "memory allocator:" in log  # on CPU the tool keeps freed memory (fpn_plugin/accel/cpu_allocator.py)
+    assert (
+        "memory allocator:" in log
+    )  # on CPU the tool keeps freed memory (fpn_plugin/accel/cpu_allocator.py)
     with open(out / "metrics.json") as f:
         metrics = [json.loads(line) for line in f if line.strip()]
     losses = [m for m in metrics if "total_loss" in m]
@@ -268,10 +325,54 @@ def test_lazyconfig_train_net_trains_and_evaluates_quickstart(tmp_path_factory):
     assert (out / "model_final.pth").is_file()
     assert (out / "inference" / "coco_instances_results.json").is_file()
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
-    # --eval-only --resume evaluates the last checkpoint of the run: the same AP as at the end of training.
-    # --system-malloc leaves glibc's defaults: no allocator line.
+    # --eval-only --resume evaluates the last checkpoint of the run: the same AP as at the end of
+    # training. --system-malloc leaves glibc's defaults: no allocator line.
     eval_log = run("--eval-only", "--resume", "--system-malloc")
     assert ap_line(eval_log) == ap_line(log) and "memory allocator:" not in eval_log
+
+
+def _strategies(model):
+    """{module name: names of the execution strategies applied to it}, for every module with one."""
+    return {
+        n: [s.__name__ for s in strategies_of(m)]
+        for n, m in model.named_modules()
+        if strategies_of(m)
+    }
+
+
+def test_lazy_model_runs_with_the_execution_strategies():
+    quickstart = os.path.join(LAZY, "quickstart.py")
+    cfg = load_lazy_config(quickstart, ["train.device=cpu"])
+    assert dict(cfg.accel) == {}  # configs/lazy/common/accel.py: AccelOptions()'s defaults
+    torch.manual_seed(0)
+    lazy = build_lazy_model(cfg)
+    # The same strategies on the same modules as the YAML tools' model (FPNTrainer.build_model).
+    expected = _strategies(FPNTrainer.build_model(plugin_cfg("configs/quickstart.yaml")))
+    assert expected and _strategies(lazy) == expected
+    # The config's accel entries reach accelerate: an opt-in strategy, and none at all.
+    channels_last = build_lazy_model(
+        load_lazy_config(quickstart, ["train.device=cpu", "accel.channels_last=True"])
+    )
+    assert isinstance(channels_last.backbone, ChannelsLast) and not isinstance(
+        lazy.backbone, ChannelsLast
+    )
+    plain = build_lazy_model(
+        load_lazy_config(quickstart, ["train.device=cpu", "accel.enabled=False"])
+    )
+    assert _strategies(plain) == {}
+    # A config without accel gets the defaults.
+    del cfg.accel
+    assert accel_options(cfg) == accel_options(load_lazy_config(quickstart))
+
+
+def test_lazy_accel_unknown_key_is_a_clear_error():
+    cfg = load_lazy_config(os.path.join(LAZY, "quickstart.py"), ["accel.channel_last=True"])
+    with pytest.raises(
+        ValueError, match=r"accel: unknown key\(s\) \['channel_last'\].*'channels_last'"
+    ):
+        accel_options(cfg)
+    with pytest.raises(ValueError, match="not a LazyConfig"):
+        load_lazy_config(os.path.join(REPO, "configs", "quickstart.yaml"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -281,7 +382,9 @@ def test_lazyconfig_train_net_trains_and_evaluates_quickstart(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def analyze_model():
-    spec = importlib.util.spec_from_file_location("analyze_model", os.path.join(REPO, "tools", "analyze_model.py"))
+    spec = importlib.util.spec_from_file_location(
+        "analyze_model", os.path.join(REPO, "tools", "analyze_model.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -290,7 +393,9 @@ def analyze_model():
 def test_analyze_model_per_component_counts(analyze_model, tmp_path, capsys):
     path = tmp_path / "counts.json"
     config = os.path.join(REPO, "configs", "quickstart.yaml")
-    analyze_model.main(["--config-file", config, "--size", "256x320", "--json", str(path), "MODEL.DEVICE", "cpu"])
+    analyze_model.main(
+        ["--config-file", config, "--size", "256x320", "--json", str(path), "MODEL.DEVICE", "cpu"]
+    )
     printed = capsys.readouterr().out
     with open(path) as f:
         result = json.load(f)
@@ -298,13 +403,20 @@ def test_analyze_model_per_component_counts(analyze_model, tmp_path, capsys):
     assert list(rows) == ["bottom-up", "neck", "RPN", "RoI heads", "other"]
     assert all(name in printed for name in list(rows) + ["total"])
     torch.manual_seed(0)
-    model = analyze_model.build(config, ["MODEL.DEVICE", "cpu"], "cpu")
+    model = build_detector(config, ["MODEL.DEVICE", "cpu"], "cpu")
     # Parameters: the components add up to the model's total.
-    assert sum(r["params"] for r in rows.values()) == total["params"] == sum(p.numel() for p in model.parameters())
+    assert (
+        sum(r["params"] for r in rows.values())
+        == total["params"]
+        == sum(p.numel() for p in model.parameters())
+    )
     assert rows["other"]["params"] == 0
-    assert rows["bottom-up"]["params"] == sum(p.numel() for p in model.backbone.bottom_up.parameters())
-    # FLOPs: the bottom-up row equals fvcore on the bottom-up network alone (256x320 needs no padding).
-    image = analyze_model.make_inputs(256, 320, "cpu")[0]["image"]
+    assert rows["bottom-up"]["params"] == sum(
+        p.numel() for p in model.backbone.bottom_up.parameters()
+    )
+    # FLOPs: the bottom-up row equals fvcore on the bottom-up network alone (256x320 needs no
+    # padding).
+    image = make_inputs(256, 320, "cpu")[0]["image"]
     with torch.no_grad():
         x = (image[None] - model.pixel_mean) / model.pixel_std
         alone = FlopCountAnalysis(model.backbone.bottom_up, (x,))
@@ -315,13 +427,17 @@ def test_analyze_model_per_component_counts(analyze_model, tmp_path, capsys):
     assert sum(r["flops"] for r in rows.values()) == total["flops"]
 
 
-def test_analyze_model_lazy_config_same_parameters_as_yaml(analyze_model):
-    yaml_model = analyze_model.build(os.path.join(REPO, "configs", "quickstart.yaml"), ["MODEL.DEVICE", "cpu"], "cpu")
-    lazy = analyze_model.build(os.path.join(LAZY, "quickstart.py"), [], "cpu")
-    assert [c for c, _ in analyze_model.components(lazy)] == ["bottom-up", "neck", "RPN", "RoI heads"]
+def test_analyze_model_lazy_config_same_parameters_as_yaml():
+    yaml_model = build_detector(
+        os.path.join(REPO, "configs", "quickstart.yaml"), ["MODEL.DEVICE", "cpu"], "cpu"
+    )
+    lazy = build_detector(os.path.join(LAZY, "quickstart.py"), [], "cpu")
+    assert [c for c, _ in components(lazy)] == ["bottom-up", "neck", "RPN", "RoI heads"]
     assert parameter_count(lazy) == parameter_count(yaml_model)
 
 
 def test_analyze_model_bad_size(analyze_model):
     with pytest.raises(SystemExit):
-        analyze_model.main(["--config-file", os.path.join(LAZY, "quickstart.py"), "--size", "800by1333"])
+        analyze_model.main(
+            ["--config-file", os.path.join(LAZY, "quickstart.py"), "--size", "800by1333"]
+        )

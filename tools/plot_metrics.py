@@ -4,204 +4,37 @@
     python tools/plot_metrics.py output/quickstart                # or .../metrics.json
     python tools/plot_metrics.py output/quickstart/metrics.json --out plots/
 
-Detectron2's ``JSONWriter`` appends one JSON object per line to ``OUTPUT_DIR/metrics.json``:
-training lines (``iteration``, ``total_loss``, ``loss_*``, ``lr``, times, and fpn_plugin's
-``roi_levels/p<k>``, the fraction of RoIs pooled from each level) and evaluation lines (often
-only ``iteration`` and ``bbox/AP``, ``bbox/AP50``, ...). Writes, in ``--out`` (default: the folder
-of metrics.json):
-
-- ``losses.png``: ``total_loss`` and every ``loss_*`` vs iteration;
-- ``lr.png``: the learning rate vs iteration;
-- ``ap.png``: the COCO summary metrics (AP, AP50, AP75, APs, APm, APl) of each evaluated task
-  (``bbox``, ``segm``, ``keypoints``) vs iteration, and per-class AP if logged -- only if the run
-  was evaluated;
-- ``roi_levels.png``: the fraction of RoIs pooled from each pyramid level vs iteration -- only if
-  logged.
-
-Lines that are not JSON objects with an ``iteration`` (such as the truncated last line of a
-killed run) are skipped with a warning. A resumed run appends iterations it already logged; the
-later value of a key at an iteration replaces the earlier one. Prints the paths written.
+Writes, in ``--out`` (default: the folder of metrics.json), ``losses.png``, ``lr.png``, ``ap.png``
+(if the run was evaluated) and ``roi_levels.png`` (if the fraction of RoIs pooled from each
+pyramid level was logged); see fpn_plugin/utils/metrics_plot.py. Lines that are not JSON objects
+with an ``iteration`` (such as the truncated last line of a killed run) are skipped with a
+warning. Prints the paths written.
 """
+
 import argparse
-import json
-import math
-import os
-import re
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-from matplotlib.figure import Figure  # noqa: E402
-
-#: COCO summary metrics, in plotting order.
-AP_SUMMARY = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-#: Tasks whose metrics Detectron2's COCOEvaluator logs as "<task>/<metric>".
-AP_TASKS = ("bbox", "segm", "keypoints")
-_ROI_LEVEL = re.compile(r"^roi_levels/p(\d+)$")
-
-Series = Dict[str, List[Tuple[int, float]]]  # key -> [(iteration, value)] sorted by iteration
+from fpn_plugin.utils.metrics_plot import MetricsError, plot_metrics
 
 
-class MetricsError(Exception):
-    """A missing or unusable metrics file: reported as one line, without a traceback."""
-
-
-def metrics_path(path: str) -> str:
-    """``path`` itself if it is a file, ``path/metrics.json`` if it is a folder."""
-    path = os.path.expanduser(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, "metrics.json")
-    if not os.path.isfile(path):
-        raise MetricsError(f"metrics file '{path}' does not exist")
-    return path
-
-
-def _number(value) -> Optional[float]:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def load_metrics(path: str) -> Series:
-    """Numeric series of every key in the JSON-lines file ``path``, by iteration.
-
-    Raises MetricsError if no line is a JSON object with an integer ``iteration``.
-    """
-    by_iter: Dict[int, Dict[str, float]] = {}
-    skipped: List[int] = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        lines = f.read().splitlines()
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            skipped.append(lineno)
-            continue
-        iteration = record.get("iteration") if isinstance(record, dict) else None
-        if _number(iteration) is None:
-            skipped.append(lineno)
-            continue
-        values = {k: v for k, v in ((k, _number(v)) for k, v in record.items() if k != "iteration") if v is not None}
-        by_iter.setdefault(int(iteration), {}).update(values)  # a later line replaces an earlier one
-    last = max((i for i, line in enumerate(lines, start=1) if line.strip()), default=0)
-    for lineno in skipped:
-        why = "truncated last line (killed run?)" if lineno == last else "not a JSON object with an 'iteration'"
-        print(f"warning: {path}:{lineno}: skipped, {why}", file=sys.stderr)
-    series: Series = {}
-    for iteration in sorted(by_iter):
-        for key, value in by_iter[iteration].items():
-            series.setdefault(key, []).append((iteration, value))
-    if not series:
-        raise MetricsError(f"metrics file '{path}' has no usable line (JSON objects with an 'iteration' and metrics)")
-    return series
-
-
-def _plot(ax, series: Series, keys: Sequence[str], **style) -> None:
-    for key in keys:
-        xs, ys = zip(*series[key])
-        ax.plot(xs, ys, label=key, marker="o" if len(xs) < 20 else None, markersize=3, **style)
-
-
-def _save(fig: Figure, out_dir: str, name: str) -> str:
-    path = os.path.join(out_dir, name)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
-
-
-def _figure(rows: int = 1, width: float = 8.0, height: float = 4.5) -> Tuple[Figure, list]:
-    fig = Figure(figsize=(width, height * rows))
-    axes = [fig.add_subplot(rows, 1, i + 1) for i in range(rows)]
-    for ax in axes:
-        ax.grid(True, alpha=0.3)
-        ax.set_xlabel("iteration")
-    return fig, axes
-
-
-def plot_losses(series: Series, out_dir: str) -> Optional[str]:
-    keys = (["total_loss"] if "total_loss" in series else []) + sorted(k for k in series if k.startswith("loss_"))
-    if not keys:
-        return None
-    fig, (ax,) = _figure()
-    _plot(ax, series, keys)
-    ax.set_ylabel("loss")
-    ax.set_title("training losses")
-    ax.legend(fontsize="small")
-    return _save(fig, out_dir, "losses.png")
-
-
-def plot_lr(series: Series, out_dir: str) -> Optional[str]:
-    if "lr" not in series:
-        return None
-    fig, (ax,) = _figure(height=3.5)
-    _plot(ax, series, ["lr"])
-    ax.set_ylabel("learning rate")
-    ax.set_title("learning rate")
-    return _save(fig, out_dir, "lr.png")
-
-
-def plot_ap(series: Series, out_dir: str) -> Optional[str]:
-    panels = []  # (title, keys)
-    for task in AP_TASKS:
-        summary = [f"{task}/{m}" for m in AP_SUMMARY if f"{task}/{m}" in series]
-        if summary:
-            panels.append((f"{task}: COCO AP", summary))
-        per_class = sorted(k for k in series if k.startswith(f"{task}/AP-"))
-        if per_class:
-            panels.append((f"{task}: AP per class", per_class))
-    if not panels:
-        return None
-    fig, axes = _figure(rows=len(panels), height=4.0)
-    for ax, (title, keys) in zip(axes, panels):
-        _plot(ax, series, keys)
-        ax.set_ylabel("AP (%)")
-        ax.set_title(title)
-        ax.legend(fontsize="small", ncol=2)
-    return _save(fig, out_dir, "ap.png")
-
-
-def plot_roi_levels(series: Series, out_dir: str) -> Optional[str]:
-    levels = sorted((int(m.group(1)), k) for k in series for m in [_ROI_LEVEL.match(k)] if m)
-    if not levels:
-        return None
-    fig, (ax,) = _figure()
-    _plot(ax, series, [k for _, k in levels])
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_ylabel("fraction of RoIs")
-    ax.set_title("RoIs pooled from each pyramid level (Eqn. 1)")
-    ax.legend([f"P{lv}" for lv, _ in levels], fontsize="small")
-    return _save(fig, out_dir, "roi_levels.png")
-
-
-def plot_metrics(path: str, out_dir: Optional[str] = None) -> List[str]:
-    """Write the plots of the metrics file (or run folder) ``path`` into ``out_dir`` (default: the
-    file's folder); returns the paths written."""
-    path = metrics_path(path)
-    series = load_metrics(path)
-    out_dir = os.path.expanduser(out_dir) if out_dir else os.path.dirname(os.path.abspath(path))
-    os.makedirs(out_dir, exist_ok=True)
-    written = []
-    for plot in (plot_losses, plot_lr, plot_ap, plot_roi_levels):
-        out = plot(series, out_dir)
-        if out is not None:
-            written.append(out)
-    if not written:
-        raise MetricsError(f"metrics file '{path}' has no losses, lr, AP or roi_levels to plot")
-    return written
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Plot losses, lr, AP and RoI level fractions from Detectron2's metrics.json"
+    )
+    parser.add_argument("metrics", help="a run's OUTPUT_DIR or its metrics.json")
+    parser.add_argument("--out", help="folder for the PNGs (default: the folder of metrics.json)")
+    return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="Plot losses, lr, AP and RoI level fractions from Detectron2's metrics.json")
-    parser.add_argument("metrics", help="a run's OUTPUT_DIR or its metrics.json")
-    parser.add_argument("--out", help="folder for the PNGs (default: the folder of metrics.json)")
-    args = parser.parse_args(argv)
+    args = get_parser().parse_args(argv)
+
+    def warn(message: str) -> None:
+        print(f"warning: {message}", file=sys.stderr)
+
     try:
-        written = plot_metrics(args.metrics, args.out)
+        written = plot_metrics(args.metrics, args.out, warn=warn)
     except MetricsError as e:
         print(f"plot_metrics.py: error: {e}", file=sys.stderr)
         return 1

@@ -3,6 +3,8 @@
     python tools/lazyconfig_train_net.py --config-file configs/lazy/faster_rcnn_fpn_r50.py \
         train.init_checkpoint=/path/to/R-50.pkl
 """
+
+from .common.accel import accel
 from .common.coco_recipe import dataloader, lr_multiplier, optimizer, train
 from .common.models.faster_rcnn_fpn import model
 

@@ -4,10 +4,13 @@ data and evaluates it with COCO AP.
 
     python tools/lazyconfig_train_net.py --config-file configs/lazy/quickstart.py
 """
-from detectron2.config import LazyCall as L
-from detectron2.solver import WarmupParamScheduler
+
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
+from detectron2.config import LazyCall as L
+from detectron2.solver import WarmupParamScheduler
+
+from .common.accel import accel
 from .common.coco_recipe import optimizer, train
 from .common.data.fpn_shapes import dataloader, datasets
 from .common.models.quickstart_fpn import model

@@ -15,6 +15,7 @@ place, the plugin's or Detectron2's own; each strategy lives in its own module:
 
 :mod:`.strategy` is the mechanism: a module keeps its parameters and gets a subclass.
 """
+
 from .accelerate import AccelOptions, accelerate
 from .strategy import plain_class, remove_strategies, strategies_of
 

@@ -5,6 +5,7 @@ repeat from image to image at test time; rebuilding the grids every call costs m
 RPN head's small convs on the coarse levels. The grids are kept in a bounded least-recently-used
 cache, for the plugin's ``SharedAnchorGenerator`` and Detectron2's ``DefaultAnchorGenerator`` alike.
 """
+
 import collections
 from typing import List
 
@@ -29,7 +30,11 @@ class AnchorCache(Strategy):
         if torch.jit.is_tracing() or self.anchor_cache_size <= 0:
             return super().forward(features)
         dtype = next(self.buffers()).dtype
-        key = (tuple((int(f.shape[-2]), int(f.shape[-1])) for f in features), str(features[0].device), dtype)
+        key = (
+            tuple((int(f.shape[-2]), int(f.shape[-1])) for f in features),
+            str(features[0].device),
+            dtype,
+        )
         cache = self.__dict__.setdefault("_anchor_cache", collections.OrderedDict())
         grids = cache.get(key)
         if grids is None:

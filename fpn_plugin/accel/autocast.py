@@ -5,6 +5,7 @@ features, so the heads (Detectron2's RPN and RoI heads) run as they would withou
 differ from float32 by the dtype's rounding (float16: ~1e-3 relative). Training mixed precision
 is Detectron2's ``SOLVER.AMP.ENABLED``.
 """
+
 from typing import Dict
 
 import torch

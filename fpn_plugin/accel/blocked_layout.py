@@ -29,6 +29,7 @@ asks (for its own call only) its ResNet bottom-up for oneDNN outputs, and the co
 read those outputs (the laterals, and a P6 conv on C5) take them without conversion and return
 NCHW tensors. Everything after the laterals runs on NCHW tensors as before.
 """
+
 import contextlib
 import functools
 import logging
@@ -47,15 +48,22 @@ from .frozen_bn_fold import FoldedFrozenBN, fold_frozen_batchnorm
 from .strategy import Strategy, apply_strategy, plain_class
 
 __all__ = [
-    "blocked_layout_matches", "resnet_blocked_forward", "blocked_conv", "supports_blocked_layout",
-    "cpu_autocast_enabled", "apply_blocked_layout", "BlockedLayoutNeck", "BlockedLayoutResNet", "BlockedLayoutInput",
+    "blocked_layout_matches",
+    "resnet_blocked_forward",
+    "blocked_conv",
+    "supports_blocked_layout",
+    "cpu_autocast_enabled",
+    "apply_blocked_layout",
+    "BlockedLayoutNeck",
+    "BlockedLayoutResNet",
+    "BlockedLayoutInput",
 ]
 
 logger = logging.getLogger(__name__)
 
 _NORMS = (FrozenBatchNorm2d, nn.BatchNorm2d)
-# conv module -> (key, oneDNN weight, bias, affine). Kept outside the modules so that deepcopy, pickle
-# and TorchScript never meet oneDNN tensors (which have no storage to copy).
+# conv module -> (key, oneDNN weight, bias, affine). Kept outside the modules so that deepcopy,
+# pickle and TorchScript never meet oneDNN tensors (which have no storage to copy).
 _PREPARED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
@@ -64,7 +72,8 @@ def _relu_like(activation) -> bool:
 
 
 def _conv_supported(conv: nn.Module) -> bool:
-    """A Detectron2 ``Conv2d`` (or plain ``nn.Conv2d``) whose norm and activation can be reproduced."""
+    """A Detectron2 ``Conv2d`` (or plain ``nn.Conv2d``) whose norm and activation can be
+    reproduced."""
     cls = plain_class(type(conv))
     if cls is nn.Conv2d:
         return conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
@@ -81,7 +90,8 @@ def _conv_supported(conv: nn.Module) -> bool:
 def supports_blocked_layout(bottom_up: nn.Module) -> bool:
     """Whether ``bottom_up`` is a Detectron2 ``ResNet`` made only of parts this module reproduces:
     ``BasicStem``, ``BottleneckBlock``/``BasicBlock`` (exact classes, no deformable convs), convs
-    with ``FrozenBatchNorm2d``/``BatchNorm2d`` or no norm (folded or not), and no classifier head."""
+    with ``FrozenBatchNorm2d``/``BatchNorm2d`` or no norm (folded or not), and no classifier
+    head."""
     if plain_class(type(bottom_up)) is not ResNet or type(bottom_up.stem) is not BasicStem:
         return False
     if bottom_up.num_classes is not None:
@@ -102,7 +112,8 @@ def supports_blocked_layout(bottom_up: nn.Module) -> bool:
 
 def cpu_autocast_enabled() -> bool:
     """Whether a ``torch.autocast("cpu", ...)`` region is active: there the caller asked for low
-    precision, which this float32 path would silently ignore (``mkldnn_convolution`` is not autocast)."""
+    precision, which this float32 path would silently ignore (``mkldnn_convolution`` is not
+    autocast)."""
     try:
         return torch.is_autocast_enabled("cpu")
     except TypeError:  # PyTorch < 2.4
@@ -132,12 +143,15 @@ def _affine(norm: nn.Module):
     # a depends on (var, eps, weight) only: with mean and bias 0 the output at x = 1 is a.
     a = F.batch_norm(ones, zeros, norm.running_var, norm.weight, zeros, False, 0.0, norm.eps)
     # At x = 0 the output is b.
-    b = F.batch_norm(ones * 0, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
+    b = F.batch_norm(
+        ones * 0, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps
+    )
     return a.flatten(), b.flatten(), zeros, torch.ones(channels, dtype=zeros.dtype)
 
 
 def _is_folded(conv: nn.Module) -> bool:
-    """Whether ``conv`` computes with FrozenBN folded into its weights (as its NCHW forward does in eval)."""
+    """Whether ``conv`` computes with FrozenBN folded into its weights (as its NCHW forward does in
+    eval)."""
     return isinstance(conv, FoldedFrozenBN) and isinstance(conv.norm, FrozenBatchNorm2d)
 
 
@@ -164,8 +178,12 @@ def _prepared(conv: nn.Module, x: torch.Tensor):
             # Weights reordered once into the layout the primitive expects (exact: a permutation);
             # a later input of another size that wants another layout gets it reordered by oneDNN.
             weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                weight.to_mkldnn(), list(conv.padding), list(conv.stride), list(conv.dilation),
-                conv.groups, list(x.shape),
+                weight.to_mkldnn(),
+                list(conv.padding),
+                list(conv.stride),
+                list(conv.dilation),
+                conv.groups,
+                list(x.shape),
             )
         cache = (key, weight, bias, affine)
         _PREPARED[conv] = cache
@@ -173,11 +191,14 @@ def _prepared(conv: nn.Module, x: torch.Tensor):
 
 
 def blocked_conv(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` (with its norm and activation) on a oneDNN tensor ``x`` (N, C, H, W); returns one."""
+    """``conv(x)`` (with its norm and activation) on a oneDNN tensor ``x`` (N, C, H, W); returns
+    one."""
     if not _dense_conv_uses_onednn(x, conv):
         return conv(x.to_dense()).to_mkldnn()
     weight, bias, affine = _prepared(conv, x)
-    y = torch.mkldnn_convolution(x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups)
+    y = torch.mkldnn_convolution(
+        x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups
+    )
     if affine is not None:
         a, b, mean, var = affine
         y = torch.batch_norm(y, a, b, mean, var, False, 0.0, 0.0, False)  # eps 0: var + eps = 1
@@ -231,7 +252,9 @@ def blocked_layout_matches(folded: bool = False) -> bool:
         BottleneckBlock(32, 64, bottleneck_channels=16, stride=2, norm="FrozenBN"),
         BasicBlock(64, 48, stride=2, norm="FrozenBN"),
     ]
-    net = ResNet(stem, [blocks[:1], blocks[1:2], blocks[2:]], out_features=["res2", "res3", "res4"]).eval()
+    net = ResNet(
+        stem, [blocks[:1], blocks[1:2], blocks[2:]], out_features=["res2", "res3", "res4"]
+    ).eval()
     # Float32 on both sides even when first called inside a caller's autocast region (the answer is
     # cached for the whole process).
     with torch.no_grad(), torch.autocast("cpu", enabled=False):
@@ -250,8 +273,9 @@ def blocked_layout_matches(folded: bool = False) -> bool:
     ok = all(torch.equal(dense[k], blocked[k].to_dense()) for k in dense)
     if not ok:
         logger.warning(
-            "fpn_plugin: oneDNN blocked-layout inference%s does not reproduce PyTorch's NCHW results "
-            "on this machine; using the NCHW path (set MODEL.ACCEL.CPU_BLOCKED_LAYOUT False to skip this check).",
+            "fpn_plugin: oneDNN blocked-layout inference%s does not reproduce PyTorch's NCHW "
+            "results on this machine; using the NCHW path (set MODEL.ACCEL.CPU_BLOCKED_LAYOUT "
+            "False to skip this check).",
             " with folded FrozenBN" if folded else "",
         )
     return ok
@@ -311,7 +335,9 @@ class BlockedLayoutNeck(Strategy):
             return False
         if x.device.type != "cpu" or x.dtype != torch.float32 or x.numel() == 0:
             return False
-        if cpu_autocast_enabled():  # the caller's torch.autocast: its convolutions run in low precision
+        if (
+            cpu_autocast_enabled()
+        ):  # the caller's torch.autocast: its convolutions run in low precision
             return False
         # Folding leaves convs whose norm is not FrozenBN unfolded, so both kinds are checked.
         folded = any(isinstance(m, FoldedFrozenBN) for m in self.bottom_up.modules())

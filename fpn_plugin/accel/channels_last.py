@@ -5,6 +5,7 @@ and values; their memory is reordered once, so that convolutions do not reorder 
 call (``load_state_dict`` copies into these tensors and keeps their layout). NHWC convolutions
 sum in another order, so features equal the NCHW ones to float rounding, not bit for bit.
 """
+
 from typing import Dict
 
 import torch

@@ -2,26 +2,31 @@
 
 Why: glibc serves each allocation above its mmap threshold (128 KiB, rising with use to at most
 32 MiB) with a fresh ``mmap`` and unmaps it on ``free``. A detector's feature maps are larger
-(P2 of one 800x1344 image: 256 x 200 x 336 float32 = 69 MiB), so every forward maps them anew and
-the kernel zero-fills them page by page. Measured on a 2-thread CPU with the R50-FPN at 800x1333:
-about 0.5 M page faults per eval forward of the plugin's model (0.9 M for Detectron2's); with
-freed memory kept for reuse, none, and the forward takes 1.45-1.55 s instead of 2.2 s (Detectron2's
-1.84-1.89 s instead of 2.7-2.9 s). The arithmetic is unchanged: outputs are identical.
+(P2 of one 800x1344 image: 256 x 200 x 336 float32 values), so every forward maps them anew and
+the kernel zero-fills them page by page; kept for reuse, they are not faulted in again (the
+measured effect on both detectors is in docs/performance.md). The arithmetic is unchanged:
+outputs are identical.
 
 The cost: memory freed by PyTorch stays in the process (resident at its high-water mark) instead
 of going back to the operating system. That is a whole-process policy, so the library never sets
 it on import; the command-line tools do, for CPU runs, unless the user chose otherwise (an
 allocator in ``LD_PRELOAD``, glibc ``MALLOC_*_`` variables or ``GLIBC_TUNABLES``) or passed
 ``--system-malloc``. The same effect without this module: ``MALLOC_MMAP_THRESHOLD_=1073741824
-MALLOC_TRIM_THRESHOLD_=2147483647`` in the environment, or tcmalloc in ``LD_PRELOAD`` (jemalloc only
-with ``MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1``: with its default decay it was no faster).
+MALLOC_TRIM_THRESHOLD_=2147483647`` in the environment, or tcmalloc in ``LD_PRELOAD`` (jemalloc
+with ``MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1``; see docs/performance.md).
 """
+
 import ctypes
 import os
 import platform
 from typing import Mapping, Optional
 
-__all__ = ["keep_freed_cpu_memory", "allocator_choice", "add_system_malloc_argument", "keep_freed_memory_for_tool"]
+__all__ = [
+    "keep_freed_cpu_memory",
+    "allocator_choice",
+    "add_system_malloc_argument",
+    "keep_freed_memory_for_tool",
+]
 
 # mallopt(3) parameters (glibc's malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -31,7 +36,12 @@ _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 1 << 30
 TRIM_THRESHOLD = 2**31 - 1
 
-_USER_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+_USER_ENV = (
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+    "MALLOC_MMAP_MAX_",
+)
 
 
 def allocator_choice(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
@@ -49,9 +59,10 @@ def allocator_choice(environ: Optional[Mapping[str, str]] = None) -> Optional[st
 def add_system_malloc_argument(parser) -> None:
     """The tools' opt-out flag, ``--system-malloc`` (an ``argparse`` parser)."""
     parser.add_argument(
-        "--system-malloc", action="store_true",
-        help="on CPU, leave glibc malloc's defaults (by default the tool keeps freed memory for reuse: "
-        "faster, but the process does not shrink; see fpn_plugin/accel/cpu_allocator.py)",
+        "--system-malloc",
+        action="store_true",
+        help="on CPU, leave glibc malloc's defaults (by default the tool keeps freed memory for "
+        "reuse: faster, but the process does not shrink; see fpn_plugin/accel/cpu_allocator.py)",
     )
 
 
@@ -63,7 +74,9 @@ def keep_freed_memory_for_tool(args, device: str) -> Optional[str]:
     return keep_freed_cpu_memory()
 
 
-def keep_freed_cpu_memory(environ: Optional[Mapping[str, str]] = None, libc: Optional[ctypes.CDLL] = None) -> str:
+def keep_freed_cpu_memory(
+    environ: Optional[Mapping[str, str]] = None, libc: Optional[ctypes.CDLL] = None
+) -> str:
     """Make glibc malloc keep freed blocks of up to 1 GiB for reuse (``mallopt``); process-wide.
 
     Does nothing where the user chose an allocator setting (:func:`allocator_choice`) or the C
@@ -79,9 +92,20 @@ def keep_freed_cpu_memory(environ: Optional[Mapping[str, str]] = None, libc: Opt
     if mallopt is None:
         return "memory allocator: left as it is (no mallopt)"
     # mallopt returns 1 on success, 0 for a value it refuses (that setting keeps glibc's default).
-    refused = [name for name, param, value in (
-        ("M_MMAP_THRESHOLD", _M_MMAP_THRESHOLD, MMAP_THRESHOLD), ("M_TRIM_THRESHOLD", _M_TRIM_THRESHOLD, TRIM_THRESHOLD),
-    ) if not mallopt(param, value)]
+    refused = [
+        name
+        for name, param, value in (
+            ("M_MMAP_THRESHOLD", _M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+            ("M_TRIM_THRESHOLD", _M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+        )
+        if not mallopt(param, value)
+    ]
     if refused:
-        return f"memory allocator: glibc refused mallopt {', '.join(refused)}; freed memory may not be kept"
-    return "memory allocator: glibc keeps freed blocks of up to 1 GiB for reuse (no page faults to re-map them)"
+        return (
+            f"memory allocator: glibc refused mallopt {', '.join(refused)}; freed memory may not "
+            "be kept"
+        )
+    return (
+        "memory allocator: glibc keeps freed blocks of up to 1 GiB for reuse (no page faults to "
+        "re-map them)"
+    )

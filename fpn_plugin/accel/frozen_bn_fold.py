@@ -1,4 +1,5 @@
-"""Inference-time folding of FrozenBatchNorm into the convolution before it (``MODEL.ACCEL.FOLD_FROZEN_BN``).
+"""Inference-time folding of FrozenBatchNorm into the convolution before it
+(``MODEL.ACCEL.FOLD_FROZEN_BN``).
 
 Detectron2's ResNet (``MODEL.RESNETS.NORM: "FrozenBN"``) follows each convolution with a frozen
 affine map, y = conv(x) * s + b with per-channel s = gamma / sqrt(var + eps) and
@@ -13,6 +14,7 @@ s and b are computed with the expressions of ``FrozenBatchNorm2d`` itself; PyTor
 ``torch.nn.utils.fusion.fuse_conv_bn_weights`` orders the bias's products differently, which
 would change the folded bias in its last bit.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,7 +33,8 @@ class FoldedFrozenBN(Strategy):
     _transient = ("_fold_cache",)
 
     def folded_weight_and_bias(self):
-        """(weight (C_out, C_in/g, kh, kw) * s, bias (C_out,)): cached, keyed by the tensors' versions."""
+        """(weight (C_out, C_in/g, kh, kw) * s, bias (C_out,)): cached, keyed by the tensors'
+        versions."""
         norm = self.norm
         tensors = [self.weight, norm.weight, norm.bias, norm.running_mean, norm.running_var]
         if self.bias is not None:
@@ -52,7 +55,12 @@ class FoldedFrozenBN(Strategy):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        if self.training or grad or torch.jit.is_tracing() or not isinstance(self.norm, FrozenBatchNorm2d):
+        if (
+            self.training
+            or grad
+            or torch.jit.is_tracing()
+            or not isinstance(self.norm, FrozenBatchNorm2d)
+        ):
             return super().forward(x)
         weight, bias = self.folded_weight_and_bias()
         x = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)

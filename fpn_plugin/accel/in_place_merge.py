@@ -5,6 +5,7 @@ The paper's merge, lateral + nearest_x2(coarser), computed as
 result bit for bit, without materialising the upsampled map and the sum (two full-size tensors
 at P2, the largest level).
 """
+
 from typing import List, Optional
 
 import torch
@@ -19,8 +20,15 @@ class InPlaceTopDown(Strategy):
     gradients, adds the coarser map into the lateral map in place (the lateral map is the
     lateral conv's fresh output, read by nothing else) and returns it."""
 
-    def forward(self, lateral: Optional[torch.Tensor], coarser: torch.Tensor, size: List[int]) -> torch.Tensor:
-        if lateral is None or torch.is_grad_enabled() or torch.jit.is_tracing() or not lateral.is_contiguous():
+    def forward(
+        self, lateral: Optional[torch.Tensor], coarser: torch.Tensor, size: List[int]
+    ) -> torch.Tensor:
+        if (
+            lateral is None
+            or torch.is_grad_enabled()
+            or torch.jit.is_tracing()
+            or not lateral.is_contiguous()
+        ):
             return super().forward(lateral, coarser, size)
         n, ch, h, w = coarser.shape
         if tuple(lateral.shape) != (n, ch, 2 * h, 2 * w) or tuple(size) != (2 * h, 2 * w):

@@ -18,6 +18,7 @@ Sampling positions, weights and border rules reproduce ``torchvision.ops.roi_ali
 Detectron2's ``ROIAlign`` calls), for ``aligned`` True (ROIAlignV2) and False, fixed and adaptive
 sampling, so outputs agree to float rounding.
 """
+
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -28,7 +29,7 @@ __all__ = ["multilevel_roi_align"]
 
 def _int_amin(x: torch.Tensor, dim: int) -> torch.Tensor:
     """``x.amin(dim)`` for int64 ``x`` > int64 min, as ``-(-x).amax(dim)``: PyTorch's CPU int64
-    ``amin`` is far slower than its ``amax`` (2.7 ms vs 0.04 ms on a (2000, 7, 4) tensor here)."""
+    ``amin`` is far slower than its ``amax`` (docs/performance.md)."""
     return -(-x).amax(dim=dim)
 
 
@@ -89,7 +90,9 @@ def _axis_taps(
 
 
 def _table_memory(
-    features: List[torch.Tensor], shape: Tuple[int, int], workspace: Optional[Dict[str, torch.Tensor]]
+    features: List[torch.Tensor],
+    shape: Tuple[int, int],
+    workspace: Optional[Dict[str, torch.Tensor]],
 ) -> torch.Tensor:
     """Uninitialised (rows, C) memory for the feature table: a view of ``workspace["table"]``
     (grown when too small), or a fresh tensor when ``workspace`` is None."""
@@ -97,7 +100,12 @@ def _table_memory(
         return features[0].new_empty(shape)
     numel = shape[0] * shape[1]
     buf = workspace.get("table")
-    if buf is None or buf.numel() < numel or buf.dtype != features[0].dtype or buf.device != features[0].device:
+    if (
+        buf is None
+        or buf.numel() < numel
+        or buf.dtype != features[0].dtype
+        or buf.device != features[0].device
+    ):
         workspace.pop("table", None)  # free the old one before allocating the new one
         buf = features[0].new_empty((numel,))
         workspace["table"] = buf
@@ -119,13 +127,15 @@ def _feature_table(
     contains every window its RoIs read -- nothing for a pair without RoIs -- so a level that few
     RoIs use costs little to copy. When gradients flow to ``features`` it holds every pixel, so
     that every level gets a gradient (zero where no RoI reads), as with Detectron2's pooler, and
-    is a fresh tensor (never the workspace). Row of pixel (y, x) of a pair = base + (y - top) * box_width + (x - left).
+    is a fresh tensor (never the workspace).
+    Row of pixel (y, x) of a pair = base + (y - top) * box_width + (x - left).
 
     Args:
         features: L maps (N, C, H_l, W_l).
         levels, images: (R,) int64 level and image of each RoI.
         y_windows, x_windows: per axis, (first (R, P) first pixel of each bin's window,
-            width (R,) window length, extent (R,) H or W of the RoI's level), from :func:`_axis_taps`.
+            width (R,) window length, extent (R,) H or W of the RoI's level), from
+            :func:`_axis_taps`.
         workspace: see :func:`multilevel_roi_align`.
         grad: whether gradients flow to ``features``.
     Returns:
@@ -134,12 +144,15 @@ def _feature_table(
     num_images, num_channels = features[0].shape[:2]
     device = levels.device
     if grad:
-        # Every pixel, one copy (one autograd node) per level: row = level base + (n * H + y) * W + x.
+        # Every pixel, one copy (one autograd node) per level:
+        # row = level base + (n * H + y) * W + x.
         rows_per_level = [f.shape[0] * f.shape[2] * f.shape[3] for f in features]
         table = features[0].new_empty((sum(rows_per_level), num_channels))
         begin = 0
         for f, rows in zip(features, rows_per_level):
-            table[begin : begin + rows].view(f.shape[0], f.shape[2], f.shape[3], num_channels).copy_(f.permute(0, 2, 3, 1))
+            table[begin : begin + rows].view(
+                f.shape[0], f.shape[2], f.shape[3], num_channels
+            ).copy_(f.permute(0, 2, 3, 1))
             begin += rows
         level_base = torch.tensor([0] + rows_per_level[:-1], device=device).cumsum(0)
         height, width = y_windows[2], x_windows[2]
@@ -162,11 +175,15 @@ def _feature_table(
     rows = (bottom - top) * box_width
     base = torch.cumsum(rows, 0) - rows
     table = _table_memory(features, (int(rows.sum()), num_channels), workspace)
-    for g, (t, b, l, r, first_row) in enumerate(torch.stack([top, bottom, left, right, base], 1).tolist()):
-        if b > t:
+    for g, (y0, y1, x0, x1, first_row) in enumerate(
+        torch.stack([top, bottom, left, right, base], 1).tolist()
+    ):
+        if y1 > y0:
             f = features[g // num_images][g % num_images]
-            box = table[first_row : first_row + (b - t) * (r - l)].view(b - t, r - l, num_channels)
-            box.copy_(f[:, t:b, l:r].permute(1, 2, 0))
+            box = table[first_row : first_row + (y1 - y0) * (x1 - x0)].view(
+                y1 - y0, x1 - x0, num_channels
+            )
+            box.copy_(f[:, y0:y1, x0:x1].permute(1, 2, 0))
     return table, (top[group], left[group], box_width[group], base[group])
 
 
@@ -192,8 +209,8 @@ def multilevel_roi_align(
         aligned: shift by -0.5 pixel (ROIAlignV2, Detectron2's default) or not (legacy ROIAlign).
         workspace: a dict that keeps the channels-last feature table between calls (key "table"),
             so that repeated inference reuses its memory instead of faulting in a fresh one (up
-            to ~90 MB per 800x1333 image) (page faults cost several times the copy itself). Only
-            used when no gradient flows to ``features``; None allocates a fresh table.
+            to N * sum_l H_l * W_l * C floats per call), whose page faults cost more than the copy
+            itself. Only used when no gradient flows to ``features``; None allocates a fresh table.
     Returns:
         (M, C, PH, PW) pooled features, dtype of ``features``.
     """
@@ -225,7 +242,8 @@ def multilevel_roi_align(
     else:
         grid_h = torch.ceil(h / ph).long()
         grid_w = torch.ceil(w / pw).long()
-    # RoIs with no sample (zero or negative size with adaptive sampling) pool to 0, as in torchvision.
+    # RoIs with no sample (zero or negative size with adaptive sampling) pool to 0, as in
+    # torchvision.
     has_samples = (grid_h > 0) & (grid_w > 0)
     grid_h = torch.where(has_samples, grid_h, 0)
     grid_w = torch.where(has_samples, grid_w, 0)
@@ -236,7 +254,13 @@ def multilevel_roi_align(
     wy = wy / count[:, None, None]
     grad = torch.is_grad_enabled() and any(f.requires_grad for f in features)
     table, (top, left, box_width, base) = _feature_table(
-        features, levels, rois[:, 0].long(), (first_y, ky, height), (first_x, kx, width), workspace, grad
+        features,
+        levels,
+        rois[:, 0].long(),
+        (first_y, ky, height),
+        (first_x, kx, width),
+        workspace,
+        grad,
     )
     row_base = base - top * box_width - left  # row of pixel (y, x) = row_base + y * box_width + x
 
@@ -251,12 +275,20 @@ def multilevel_roi_align(
         sel = order[begin : begin + n]  # ascending RoI indices (stable sort)
         begin += n
         gy, gx = divmod(k, 4096)
-        ys = (first_y[sel, :, None] + torch.arange(gy, device=device)).clamp(max=height[sel, None, None] - 1)
-        xs = (first_x[sel, :, None] + torch.arange(gx, device=device)).clamp(max=width[sel, None, None] - 1)
+        ys = (first_y[sel, :, None] + torch.arange(gy, device=device)).clamp(
+            max=height[sel, None, None] - 1
+        )
+        xs = (first_x[sel, :, None] + torch.arange(gx, device=device)).clamp(
+            max=width[sel, None, None] - 1
+        )
         rows = row_base[sel, None, None] + ys * box_width[sel, None, None]  # (n, PH, gy)
         # (n * PH * PW bags, gy * gx taps): one bag per output bin, RoI-major.
-        indices = (rows[:, :, None, :, None] + xs[:, None, :, None, :]).reshape(n * ph * pw, gy * gx)
-        weights = (wy[sel, :, None, :gy, None] * wx[sel, None, :, None, :gx]).reshape(n * ph * pw, gy * gx)
+        indices = (rows[:, :, None, :, None] + xs[:, None, :, None, :]).reshape(
+            n * ph * pw, gy * gx
+        )
+        weights = (wy[sel, :, None, :gy, None] * wx[sel, None, :, None, :gx]).reshape(
+            n * ph * pw, gy * gx
+        )
         groups.append((sel, indices, weights.to(table.dtype)))
     if grad:
         return _pool_in_one_call(table, groups, num_rois, (ph, pw))
@@ -264,7 +296,9 @@ def multilevel_roi_align(
 
 
 def _pool_in_one_call(
-    table: torch.Tensor, groups: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]], num_rois: int,
+    table: torch.Tensor,
+    groups: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    num_rois: int,
     output_size: Tuple[int, int],
 ) -> torch.Tensor:
     """With gradients: one embedding_bag call (its backward makes a table-sized gradient per
@@ -284,7 +318,12 @@ def _pool_in_one_call(
     order = torch.cat([sel for sel, _, _ in groups])
     indices = torch.cat([idx.reshape(-1) for _, idx, _ in groups])
     weights = torch.cat([w.reshape(-1) for _, _, w in groups])
-    bag_sizes = torch.cat([torch.full((idx.shape[0],), idx.shape[1], dtype=torch.long, device=device) for _, idx, _ in groups])
+    bag_sizes = torch.cat(
+        [
+            torch.full((idx.shape[0],), idx.shape[1], dtype=torch.long, device=device)
+            for _, idx, _ in groups
+        ]
+    )
     starts = torch.cumsum(bag_sizes, 0) - bag_sizes  # first tap of each bag, group order
     rank = torch.empty_like(order)
     rank[order] = torch.arange(num_rois, device=device)
@@ -293,20 +332,24 @@ def _pool_in_one_call(
     offsets = torch.cumsum(sizes, 0) - sizes
     taps = torch.repeat_interleave(starts[bags] - offsets, sizes, output_size=indices.numel())
     taps += torch.arange(indices.numel(), device=device)
-    pooled = F.embedding_bag(indices[taps], table, offsets, mode="sum", per_sample_weights=weights[taps])
+    pooled = F.embedding_bag(
+        indices[taps], table, offsets, mode="sum", per_sample_weights=weights[taps]
+    )
     # (M * PH * PW, C) -> (M, C, PH, PW), one transposing copy.
     return pooled.view(num_rois, ph, pw, table.shape[1]).permute(0, 3, 1, 2).contiguous()
 
 
-# Pooled rows per chunk in inference: small enough to stay in the cores' L2 caches (2 x 2 MiB on
-# this project's machine) between embedding_bag writing them and the transposing copy reading
-# them, and to be reused heap memory (a single M * PH * PW * C result is ~100 MB at 2x1000 RoIs,
-# freshly mapped and page-faulted on every call). 4 MiB measured 103.6 ms vs 110.3 ms for 2 MiB.
+# Pooled rows per chunk in inference: small enough to stay in the cores' L2 caches between
+# embedding_bag writing them and the transposing copy reading them, and to be reused heap memory
+# (a single M * PH * PW * C result would be freshly mapped and page-faulted on every call). The
+# size was chosen by measurement (docs/performance.md).
 _CHUNK_BYTES = 4 << 20
 
 
 def _pool_in_chunks(
-    table: torch.Tensor, groups: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]], num_rois: int,
+    table: torch.Tensor,
+    groups: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    num_rois: int,
     output_size: Tuple[int, int],
 ) -> torch.Tensor:
     """Inference: the weighted embedding-bag a few RoIs at a time, group by group, each chunk
@@ -322,7 +365,12 @@ def _pool_in_chunks(
             r1 = min(sel.numel(), r0 + step)
             # Fixed-size bags: a 2-D input needs no offsets.
             pooled = F.embedding_bag(
-                indices[r0 * bins : r1 * bins], table, mode="sum", per_sample_weights=weights[r0 * bins : r1 * bins]
+                indices[r0 * bins : r1 * bins],
+                table,
+                mode="sum",
+                per_sample_weights=weights[r0 * bins : r1 * bins],
             )
-            output.index_copy_(0, sel[r0:r1], pooled.view(r1 - r0, ph, pw, num_channels).permute(0, 3, 1, 2))
+            output.index_copy_(
+                0, sel[r0:r1], pooled.view(r1 - r0, ph, pw, num_channels).permute(0, 3, 1, 2)
+            )
     return output

@@ -12,7 +12,7 @@ rewrites the modules it scripts anyway, so script a deep copy to keep the eager 
 strategies, as :mod:`fpn_plugin.export` does), and the strategies step aside while
 ``torch.jit.trace`` runs.
 """
-import copy
+
 from typing import Dict, List, Tuple, Type
 
 from torch import nn
@@ -41,7 +41,11 @@ class Strategy:
     def __reduce_ex__(self, protocol):
         # Pickle (and deepcopy) as the plain class plus the list of strategies: the combined
         # classes are made at run time, so pickle could not find them by name.
-        return _new_with_strategies, (plain_class(type(self)), tuple(strategies_of(self))), self.__getstate__()
+        return (
+            _new_with_strategies,
+            (plain_class(type(self)), tuple(strategies_of(self))),
+            self.__getstate__(),
+        )
 
     def __prepare_scriptable__(self):
         # In place: a new object here could later be mistaken by TorchScript's recursion (which
@@ -71,7 +75,8 @@ def _new_with_strategies(cls: type, strategies: Tuple[type, ...]) -> nn.Module:
 
 def apply_strategy(module: nn.Module, strategy: Type[Strategy], **attributes) -> nn.Module:
     """Give ``module`` the class ``strategy + type(module)`` in place and set ``attributes`` on it
-    (the strategy's settings); a strategy already applied is not applied twice. Returns ``module``."""
+    (the strategy's settings); a strategy already applied is not applied twice. Returns
+    ``module``."""
     if not isinstance(module, strategy):
         module.__class__ = _combined_class(strategy, type(module))
     for name, value in attributes.items():

@@ -1,9 +1,11 @@
-"""Realistic workloads for untrained detectors, for tests and benchmarks (no weights are downloaded).
+"""Realistic workloads for untrained detectors, for tests and benchmarks (no weights are
+downloaded).
 
 An untrained R50-FPN does not behave like a trained one: its un-normalised (FrozenBN) ResNet
 features are in the thousands, so the RPN's box deltas blow every proposal up to the whole image
 and NMS leaves a handful of boxes. Timing or comparing such a model measures the wrong work.
 """
+
 import math
 
 import torch
@@ -14,7 +16,8 @@ KEYPOINT_DAMPING = 1e-3
 
 
 def make_trained_like(model: torch.nn.Module) -> None:
-    """Scale the random heads of an untrained detector in place so it proposes and detects like a trained one.
+    """Scale the random heads of an untrained detector in place so it proposes and detects like a
+    trained one.
 
     Two-stage (GeneralizedRCNN: Faster / Mask / Keypoint R-CNN): small RPN box deltas and spread
     objectness give ~1000 distinct proposals per image at test time; zero-mean classifier rows
@@ -30,6 +33,10 @@ def make_trained_like(model: torch.nn.Module) -> None:
             model.head.cls_score.weight.mul_(0.1)
             model.head.bbox_pred.weight.mul_(1e-4)
             return
+        if (
+            getattr(model, "proposal_generator", None) is None
+        ):  # semantic segmentation: no box heads
+            return
         rpn = model.proposal_generator.rpn_head
         rpn.anchor_deltas.weight.mul_(1e-3)
         rpn.objectness_logits.weight.mul_(0.02)
@@ -43,11 +50,18 @@ def make_trained_like(model: torch.nn.Module) -> None:
 
 
 def random_boxes(
-    n: int, height: int, width: int, generator: torch.Generator, min_size: float = 16.0, max_size: float = 800.0
+    n: int,
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    min_size: float = 16.0,
+    max_size: float = 800.0,
 ) -> torch.Tensor:
-    """(n, 4) XYXY boxes in pixels: sizes sqrt(wh) log-uniform in [min_size, max_size], aspect ratios
-    in [1/e, e], centres uniform in the height x width image, clipped to it."""
-    size = torch.exp(torch.empty(n).uniform_(math.log(min_size), math.log(max_size), generator=generator))
+    """(n, 4) XYXY boxes in pixels: sizes sqrt(wh) log-uniform in [min_size, max_size], aspect
+    ratios in [1/e, e], centres uniform in the height x width image, clipped to it."""
+    size = torch.exp(
+        torch.empty(n).uniform_(math.log(min_size), math.log(max_size), generator=generator)
+    )
     ratio = torch.exp(torch.empty(n).uniform_(-1, 1, generator=generator))
     w, h = size * ratio.sqrt(), size / ratio.sqrt()
     cx = torch.rand(n, generator=generator) * width

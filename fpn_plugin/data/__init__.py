@@ -1,4 +1,6 @@
-"""Data: the embedded ``fpn_shapes`` dataset, COCO-format folders, and a checking dataset mapper."""
+"""Data: the embedded ``fpn_shapes`` dataset (and its panoptic variant), COCO-format folders, and a
+checking dataset mapper."""
+
 from .coco import register_coco_folder, register_idempotent
 from .mapper import CheckedDatasetMapper
 from .shapes import (
@@ -13,6 +15,14 @@ from .shapes import (
     generate_shapes_dataset,
     register_shapes_datasets,
     register_shapes_datasets_from_config,
+)
+from .shapes_panoptic import (
+    SHAPES_PANOPTIC_TRAIN,
+    SHAPES_PANOPTIC_VAL,
+    STUFF_CLASSES,
+    generate_shapes_panoptic_dataset,
+    register_shapes_panoptic_datasets,
+    shapes_panoptic_metadata,
 )
 
 __all__ = [
@@ -30,4 +40,10 @@ __all__ = [
     "default_data_root",
     "register_shapes_datasets",
     "register_shapes_datasets_from_config",
+    "STUFF_CLASSES",
+    "SHAPES_PANOPTIC_TRAIN",
+    "SHAPES_PANOPTIC_VAL",
+    "generate_shapes_panoptic_dataset",
+    "register_shapes_panoptic_datasets",
+    "shapes_panoptic_metadata",
 ]

@@ -1,12 +1,14 @@
 """COCO-format folders registered in Detectron2's catalogs, idempotently and with clear errors."""
+
+import json
 import logging
 import os
 from typing import Any, Callable, Dict, List, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances
+from detectron2.data.datasets import load_coco_json, register_coco_instances
 
-__all__ = ["register_coco_folder", "register_idempotent"]
+__all__ = ["register_coco_folder", "register_idempotent", "CheckedCocoLoader"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +31,9 @@ def register_idempotent(
         logger.info(f"Dataset '{name}' was registered with other settings; replacing it.")
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
-    elif name in MetadataCatalog.list():  # metadata set before registration: keep it unless it conflicts
+    elif (
+        name in MetadataCatalog.list()
+    ):  # metadata set before registration: keep it unless it conflicts
         existing = MetadataCatalog.get(name).as_dict()
         if any(key in existing and existing[key] != value for key, value in wanted.items()):
             MetadataCatalog.remove(name)
@@ -37,6 +41,23 @@ def register_idempotent(
     if loader is not None:
         DatasetCatalog.remove(name)
         DatasetCatalog.register(name, loader)
+
+
+class CheckedCocoLoader:
+    """The dataset loader ``register_coco_instances`` registers (``load_coco_json``), with an
+    error naming the file when it is not valid JSON (e.g. truncated by an interrupted copy)."""
+
+    def __init__(self, name: str, json_file: str, image_root: str):
+        self.name, self.json_file, self.image_root = name, json_file, image_root
+
+    def __call__(self) -> List[dict]:
+        try:
+            return load_coco_json(self.json_file, self.image_root, self.name)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"Annotation file {self.json_file!r} of dataset {self.name!r} is not valid JSON "
+                f"({e}); it may be truncated: copy or download it again."
+            ) from e
 
 
 def register_coco_folder(name: str, json_file: str, image_root: str) -> None:
@@ -49,7 +70,8 @@ def register_coco_folder(name: str, json_file: str, image_root: str) -> None:
     Args:
         name: dataset name, e.g. "my_val".
         json_file: COCO instances annotation file, e.g. ``.../annotations/instances_val2017.json``.
-        image_root: folder the ``file_name`` of the JSON's images are relative to, e.g. ``.../val2017``.
+        image_root: folder the ``file_name`` of the JSON's images are relative to, e.g.
+            ``.../val2017``.
 
     Raises:
         FileNotFoundError: ``json_file`` is not a file or ``image_root`` is not a folder.
@@ -72,4 +94,6 @@ def register_coco_folder(name: str, json_file: str, image_root: str) -> None:
             "Pass the folder that the 'file_name' entries of the JSON's images are relative to "
             "(e.g. val2017/), or download / extract the images there first."
         )
-    register_idempotent(name, json_file, image_root, {})
+    register_idempotent(
+        name, json_file, image_root, {}, CheckedCocoLoader(name, json_file, image_root)
+    )

@@ -1,4 +1,6 @@
-"""A Detectron2 ``DatasetMapper`` that checks its input: clear errors for bad images, counted drops for bad boxes."""
+"""A Detectron2 ``DatasetMapper`` that checks its input: clear errors for bad images, counted drops
+for bad boxes."""
+
 import copy
 import logging
 import os
@@ -37,26 +39,34 @@ class CheckedDatasetMapper(DatasetMapper):
     """Detectron2's ``DatasetMapper`` (same arguments, same outputs) that
 
     - stops with an error naming the file when an image is missing or cannot be decoded;
-    - drops zero-area boxes and boxes entirely outside the image, and counts them in a warning
-      (boxes partly outside the image are clipped, as Detectron2 does);
-    - reads grayscale, palette and RGBA images as RGB (alpha dropped), through Detectron2's ``read_image``.
+    - drops zero-area boxes and boxes entirely outside the image, and counts them in a warning,
+      once per image (the next epochs drop the same boxes silently); boxes partly outside the
+      image are clipped, as Detectron2 does;
+    - reads grayscale, palette and RGBA images as RGB (alpha dropped), through Detectron2's
+      ``read_image``.
     """
 
-    dropped_boxes = 0  # total over this process, reported in the warnings
+    dropped_boxes = 0  # distinct boxes dropped in this process, reported in the warnings
+    _reported = set()  # images whose dropped boxes were reported (and counted)
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         file_name = dataset_dict["file_name"]
         if not os.path.isfile(file_name):
             raise FileNotFoundError(
-                f"Image file {file_name!r} (image_id {dataset_dict.get('image_id')}) does not exist. "
-                "Fix the path in the dataset's annotation file, or the image root it was registered with."
+                f"Image file {file_name!r} (image_id {dataset_dict.get('image_id')}) does not "
+                "exist. Fix the path in the dataset's annotation file, or the image root it was "
+                "registered with."
             )
         if "annotations" in dataset_dict:
             dataset_dict = copy.copy(dataset_dict)
             kept, dropped = _drop_degenerate_boxes(
-                dataset_dict["annotations"], dataset_dict.get("height", 0), dataset_dict.get("width", 0)
+                dataset_dict["annotations"],
+                dataset_dict.get("height", 0),
+                dataset_dict.get("width", 0),
             )
-            if dropped:
+            key = (file_name, dataset_dict.get("image_id"))
+            if dropped and key not in CheckedDatasetMapper._reported:
+                CheckedDatasetMapper._reported.add(key)
                 CheckedDatasetMapper.dropped_boxes += dropped
                 logger.warning(
                     f"{file_name}: dropped {dropped} zero-area or out-of-image box(es) "
@@ -68,6 +78,6 @@ class CheckedDatasetMapper(DatasetMapper):
         except (UnidentifiedImageError, OSError, SyntaxError) as e:
             # PIL raises these for truncated or non-image files.
             raise OSError(
-                f"Cannot read image file {file_name!r} (image_id {dataset_dict.get('image_id')}): {e}. "
-                "Replace the file or remove it from the dataset."
+                f"Cannot read image file {file_name!r} (image_id {dataset_dict.get('image_id')}): "
+                f"{e}. Replace the file or remove it from the dataset."
             ) from e

@@ -4,8 +4,8 @@
 detector can be trained and evaluated on a CPU within minutes. Every image (``image_size`` x
 ``image_size`` pixels, RGB JPEG) holds 2 to 8 solid, non-overlapping shapes of four classes,
 :data:`SHAPE_CLASSES` = ("circle", "square", "triangle", "cross"), each in a random saturated colour
-from its class's hue band (red, yellow-green, cyan, violet: tiny shapes are blobs, colour keeps their
-class tellable), squares, triangles and crosses at a random rotation. The background is a
+from its class's hue band (red, yellow-green, cyan, violet: tiny shapes are blobs, colour keeps
+their class tellable), squares, triangles and crosses at a random rotation. The background is a
 smooth random colour field plus mild Gaussian noise, so objects cannot be found by thresholding
 one colour.
 
@@ -35,13 +35,17 @@ leaves a folder that looks complete), and cached (a complete folder made with th
 recorded under the JSON's ``info``, is reused). Typical use::
 
     from fpn_plugin.data import register_shapes_datasets
-    register_shapes_datasets()           # registers "fpn_shapes_train" (1000 images), "fpn_shapes_val" (100)
+    register_shapes_datasets()  # registers "fpn_shapes_train" (1000 images), "fpn_shapes_val" (100)
     # cfg.DATASETS.TRAIN = ("fpn_shapes_train",); cfg.DATASETS.TEST = ("fpn_shapes_val",)
 
-The images are generated on the first ``DatasetCatalog.get`` (about 30 ms per 512 px image on one
-CPU core), under :func:`default_data_root`. Build the test data loader (which calls
-``DatasetCatalog.get``) before a ``COCOEvaluator``: the evaluator reads the JSON file when it is
-constructed. :func:`fpn_plugin.data.register_coco_folder` registers any other COCO-format folder.
+The images are generated on the first ``DatasetCatalog.get``, under :func:`default_data_root`.
+Build the test data loader (which calls ``DatasetCatalog.get``) before a ``COCOEvaluator``: the
+evaluator reads the JSON file when it is constructed. :func:`fpn_plugin.data.register_coco_folder`
+registers any other COCO-format folder.
+
+The panoptic variant, the same shapes in front of textured background regions with COCO-panoptic
+annotations, is :mod:`fpn_plugin.data.shapes_panoptic`; it reuses this module's drawing and its
+cached, atomic generation.
 """
 
 import json
@@ -101,6 +105,7 @@ SHAPE_KEYPOINT_OKS_SIGMAS: Tuple[float, ...] = (0.05, 0.05, 0.05, 0.05)
 # Bump when the generator's output changes for the same parameters: cached datasets get rebuilt.
 _GENERATOR_VERSION = 3  # 3: keypoints
 _GENERATOR = "fpn_plugin.data.generate_shapes_dataset"
+_GENERATORS = (_GENERATOR, "fpn_plugin.data.generate_shapes_panoptic_dataset")
 _ANNOTATIONS = "annotations.json"
 _IMAGES = "images"
 _IMAGE_EXT = ".jpg"
@@ -128,7 +133,8 @@ def _circle_vertex_count(radius: float) -> int:
 
 
 def _unit_shape(class_id: int, vertex_count: int = 32) -> np.ndarray:
-    """(V, 2) vertices of shape ``class_id`` (index into SHAPE_CLASSES), centred on 0, within [-1, 1]^2."""
+    """(V, 2) vertices of shape ``class_id`` (index into SHAPE_CLASSES), centred on 0,
+    within [-1, 1]^2."""
     name = SHAPE_CLASSES[class_id]
     if name == "circle":
         angles = 2 * np.pi * np.arange(vertex_count) / vertex_count
@@ -141,14 +147,28 @@ def _unit_shape(class_id: int, vertex_count: int = 32) -> np.ndarray:
     if name == "cross":  # a "+" whose arms are a third of its width thick
         t = 1.0 / 3.0
         return np.array(
-            [[t, -1], [t, -t], [1, -t], [1, t], [t, t], [t, 1], [-t, 1], [-t, t], [-1, t], [-1, -t], [-t, -t], [-t, -1]]
+            [
+                [t, -1],
+                [t, -t],
+                [1, -t],
+                [1, t],
+                [t, t],
+                [t, 1],
+                [-t, 1],
+                [-t, t],
+                [-1, t],
+                [-1, -t],
+                [-t, -t],
+                [-t, -1],
+            ]
         )
     raise ValueError(f"unknown shape class {class_id}")
 
 
 def _shape_polygon(class_id: int, size: float, angle: float, max_side: float) -> np.ndarray:
-    """(V, 2) polygon of a shape, centred on 0, whose tight box has ``sqrt(w * h) == size`` px, rotated
-    by ``angle`` radians, shrunk if needed so that neither box side exceeds ``max_side`` px."""
+    """(V, 2) polygon of a shape, centred on 0, whose tight box has ``sqrt(w * h) == size`` px,
+    rotated by ``angle`` radians, shrunk if needed so that neither box side exceeds ``max_side``
+    px."""
     if SHAPE_CLASSES[class_id] == "circle":
         # Vertices at 0, 90, 180, 270 degrees: the box is exactly the circle's, 2r x 2r.
         poly = _unit_shape(class_id, _circle_vertex_count(size / 2))
@@ -171,7 +191,8 @@ def _extreme_points(poly: np.ndarray) -> np.ndarray:
     right (max x), bottom (max y) and left (min x) extreme points.
 
     Where several vertices reach the extreme (an edge parallel to the box side), the midpoint of
-    those vertices is taken: a choice that mirrors under a horizontal flip, so "left" flips to "right".
+    those vertices is taken: a choice that mirrors under a horizontal flip, so "left" flips to
+    "right".
     """
     tol = 0.5 * 10.0**-_DECIMALS
     points = []
@@ -187,13 +208,20 @@ def _random_color(
     value: Tuple[float, float],
     hue: Tuple[float, float] = (0.0, 6.0),
 ) -> np.ndarray:
-    """An RGB colour (3,) float in [0, 255] with hue (in [0, 6), 6 = 360 degrees), saturation and value
-    uniform in the given ranges."""
+    """An RGB colour (3,) float in [0, 255] with hue (in [0, 6), 6 = 360 degrees), saturation and
+    value uniform in the given ranges."""
     hue = rng.uniform(*hue) % 6.0
     sat, val = rng.uniform(*saturation), rng.uniform(*value)
     chroma = val * sat
     x = chroma * (1 - abs(hue % 2 - 1))
-    rgb = [(chroma, x, 0), (x, chroma, 0), (0, chroma, x), (0, x, chroma), (x, 0, chroma), (chroma, 0, x)][int(hue) % 6]
+    rgb = [
+        (chroma, x, 0),
+        (x, chroma, 0),
+        (0, chroma, x),
+        (0, x, chroma),
+        (x, 0, chroma),
+        (chroma, 0, x),
+    ][int(hue) % 6]
     return (np.array(rgb) + (val - chroma)) * 255.0
 
 
@@ -214,9 +242,14 @@ def _class_hues(class_id: int) -> Tuple[float, float]:
 
 
 def _background(rng: np.random.Generator, image_size: int) -> np.ndarray:
-    """(H, W, 3) float32: a smooth field interpolating a 3x3 grid of random, weakly saturated colours."""
-    grid = np.stack([_random_color(rng, (0.0, 0.6), (0.2, 0.95)) for _ in range(9)]).reshape(3, 3, 3)
-    field = Image.fromarray(grid.round().astype(np.uint8)).resize((image_size, image_size), Image.BICUBIC)
+    """(H, W, 3) float32: a smooth field interpolating a 3x3 grid of random, weakly saturated
+    colours."""
+    grid = np.stack([_random_color(rng, (0.0, 0.6), (0.2, 0.95)) for _ in range(9)]).reshape(
+        3, 3, 3
+    )
+    field = Image.fromarray(grid.round().astype(np.uint8)).resize(
+        (image_size, image_size), Image.BICUBIC
+    )
     return np.asarray(field, dtype=np.float32).copy()
 
 
@@ -244,7 +277,9 @@ def _place_objects(
         lo, hi = poly.min(axis=0), poly.max(axis=0)
         # Candidate offsets keeping the box within [_BORDER, image_size - _BORDER].
         low = _BORDER - lo
-        offsets = rng.uniform(low, np.maximum(low, image_size - _BORDER - hi), size=(_POSITION_TRIES, 2))
+        offsets = rng.uniform(
+            low, np.maximum(low, image_size - _BORDER - hi), size=(_POSITION_TRIES, 2)
+        )
         cand = np.concatenate([offsets + lo, offsets + hi], axis=1)
         separate = (
             (cand[:, None, 2] + _GAP <= boxes[None, :, 0])
@@ -257,7 +292,9 @@ def _place_objects(
             continue
         poly = np.round(poly + offsets[free[0]], _DECIMALS)
         placed.append((class_id, poly))
-        boxes = np.concatenate([boxes, np.concatenate([poly.min(axis=0), poly.max(axis=0)])[None]], axis=0)
+        boxes = np.concatenate(
+            [boxes, np.concatenate([poly.min(axis=0), poly.max(axis=0)])[None]], axis=0
+        )
     return placed
 
 
@@ -278,10 +315,18 @@ def _paint(image: np.ndarray, poly: np.ndarray, color: np.ndarray) -> None:
 
 
 def _make_image(
-    rng: np.random.Generator, image_size: int, min_size: float, max_size: float
+    rng: np.random.Generator,
+    image_size: int,
+    min_size: float,
+    max_size: float,
+    background: Optional[np.ndarray] = None,
 ) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
-    """One image: ((H, W, 3) uint8 RGB, [{"category_id", "polygon" (V, 2), "color"}, ...])."""
-    image = _background(rng, image_size)
+    """One image: ((H, W, 3) uint8 RGB, [{"category_id", "polygon" (V, 2), "color"}, ...]).
+
+    ``background``: the (H, W, 3) float32 image the shapes are painted on (it is painted in
+    place); None for :func:`_background`'s colour field, drawn from ``rng`` first.
+    """
+    image = _background(rng, image_size) if background is None else background
     objects = []
     for class_id, poly in _place_objects(rng, image_size, min_size, max_size):
         x0, y0 = np.floor(poly.min(axis=0)).astype(int)
@@ -297,7 +342,9 @@ def _make_image(
             if contrast >= _MIN_CONTRAST:
                 break
         _paint(image, poly, best)
-        objects.append({"category_id": class_id + 1, "polygon": poly, "color": [int(c) for c in best]})
+        objects.append(
+            {"category_id": class_id + 1, "polygon": poly, "color": [int(c) for c in best]}
+        )
     image += rng.standard_normal(image.shape, dtype=np.float32) * _NOISE_STD
     return np.clip(image, 0, 255).round().astype(np.uint8), objects
 
@@ -323,7 +370,8 @@ def _split_params(
 
 
 def _read_annotations(split_dir: str) -> Optional[Dict[str, Any]]:
-    """The parsed annotation file of a split folder, or None if it is missing or not a JSON object."""
+    """The parsed annotation file of a split folder, or None if it is missing or not a JSON
+    object."""
     try:
         with open(os.path.join(split_dir, _ANNOTATIONS), encoding="utf-8") as f:
             data = json.load(f)
@@ -333,26 +381,33 @@ def _read_annotations(split_dir: str) -> Optional[Dict[str, Any]]:
 
 
 def _generator_info(data: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-    """The ``info`` of annotations written by this module, else None."""
+    """The ``info`` of annotations written by this module (or by its panoptic variant,
+    :mod:`fpn_plugin.data.shapes_panoptic`), else None."""
     info = data.get("info") if data is not None else None
-    return info if isinstance(info, dict) and info.get("generator") == _GENERATOR else None
+    return info if isinstance(info, dict) and info.get("generator") in _GENERATORS else None
 
 
-def _is_complete(split_dir: str, params: Dict[str, Any]) -> bool:
-    """True if ``split_dir`` holds a dataset generated with ``params`` whose images are all present."""
+def _is_complete(
+    split_dir: str, params: Dict[str, Any], companions: Sequence[Tuple[str, str]] = ()
+) -> bool:
+    """True if ``split_dir`` holds a dataset generated with ``params`` whose images are all present,
+    and, for each (folder, extension) of ``companions``, ``folder/<image stem><extension>``."""
     data = _read_annotations(split_dir)
     info = _generator_info(data)
     if info is None or info.get("params") != params:
         return False
     names = [img.get("file_name") for img in data.get("images", [])]
-    return len(names) == params["num_images"] and all(
-        isinstance(n, str) and os.path.isfile(os.path.join(split_dir, _IMAGES, n)) for n in names
-    )
+    if len(names) != params["num_images"] or not all(isinstance(n, str) for n in names):
+        return False
+    paths = [os.path.join(split_dir, _IMAGES, n) for n in names]
+    for folder, ext in companions:
+        paths += [os.path.join(split_dir, folder, os.path.splitext(n)[0] + ext) for n in names]
+    return all(os.path.isfile(p) for p in paths)
 
 
 def _looks_generated(split_dir: str) -> bool:
-    """True if ``split_dir`` is (a damaged or outdated copy of) a folder this module wrote, so that it
-    may be deleted: never delete a user's own data that happens to sit at the same path."""
+    """True if ``split_dir`` is (a damaged or outdated copy of) a folder this module wrote, so that
+    it may be deleted: never delete a user's own data that happens to sit at the same path."""
     if os.path.lexists(os.path.join(split_dir, _ANNOTATIONS)):
         return _generator_info(_read_annotations(split_dir)) is not None
     # No annotation file (e.g. deleted by hand): ours only if nothing but our image files is there.
@@ -360,7 +415,9 @@ def _looks_generated(split_dir: str) -> bool:
     images = os.path.join(split_dir, _IMAGES)
     if entries != [_IMAGES] or not os.path.isdir(images):
         return not entries
-    return all(n.endswith(_IMAGE_EXT) and n[: -len(_IMAGE_EXT)].isdigit() for n in os.listdir(images))
+    return all(
+        n.endswith(_IMAGE_EXT) and n[: -len(_IMAGE_EXT)].isdigit() for n in os.listdir(images)
+    )
 
 
 def _temp_prefix(split: str) -> str:
@@ -386,43 +443,78 @@ def _remove_stale_temp_dirs(root: str, split: str) -> None:
             pass  # alive, owned by someone else
 
 
+def _instance_annotation(obj: Dict[str, Any], ann_id: int, image_id: int) -> Dict[str, Any]:
+    """The COCO instance annotation of one object of :func:`_make_image` (see the module
+    docstring)."""
+    poly = obj["polygon"]
+    (x0, y0), (x1, y1) = poly.min(axis=0), poly.max(axis=0)
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": obj["category_id"],
+        "bbox": [round(float(v), _DECIMALS) for v in (x0, y0, x1 - x0, y1 - y0)],
+        "area": round(_polygon_area(poly), _DECIMALS),
+        "iscrowd": 0,
+        "segmentation": [[float(v) for v in poly.reshape(-1)]],
+        # COCO pixel-index convention: continuous coordinate - 0.5; v = 2 (visible).
+        "keypoints": [
+            v
+            for x, y in _extreme_points(poly)
+            for v in (round(float(x) - 0.5, 3), round(float(y) - 0.5, 3), 2)
+        ],
+        "num_keypoints": len(SHAPE_KEYPOINT_NAMES),
+        "color": obj["color"],
+    }
+
+
+def _shape_categories() -> List[Dict[str, Any]]:
+    """The COCO categories of :data:`SHAPE_CLASSES` (ids 1..4), with their keypoints."""
+    return [
+        {
+            "id": i + 1,
+            "name": name,
+            "supercategory": "shape",
+            "keypoints": list(SHAPE_KEYPOINT_NAMES),
+            "skeleton": [  # 1-based, as COCO's
+                [SHAPE_KEYPOINT_NAMES.index(a) + 1, SHAPE_KEYPOINT_NAMES.index(b) + 1]
+                for a, b, _ in SHAPE_KEYPOINT_CONNECTION_RULES
+            ],
+        }
+        for i, name in enumerate(SHAPE_CLASSES)
+    ]
+
+
+def _image_rng(params: Dict[str, Any], index: int) -> np.random.Generator:
+    """The random stream of image ``index`` of a split.
+
+    One stream per image, keyed by (seed, split, index): image i does not depend on
+    num_images, and two splits generated with the same seed still differ.
+    """
+    split_key = zlib.crc32(params["split"].encode("utf-8"))
+    return np.random.default_rng([params["seed"], split_key, index])
+
+
 def _write_split(out_dir: str, params: Dict[str, Any], progress: bool) -> None:
     """Generate all images of a split into ``out_dir``/images, then its annotation file."""
-    split, num_images, seed = params["split"], params["num_images"], params["seed"]
+    split, num_images = params["split"], params["num_images"]
     image_size, min_size, max_size = params["image_size"], params["min_size"], params["max_size"]
     image_dir = os.path.join(out_dir, _IMAGES)
     os.makedirs(image_dir)
-    # One random stream per image, keyed by (seed, split, index): image i does not depend on
-    # num_images, and two splits generated with the same seed still differ.
-    split_key = zlib.crc32(split.encode("utf-8"))
     images, annotations = [], []
-    for index in tqdm(range(num_images), desc=f"fpn_shapes '{split}'", unit="img", disable=not progress):
-        rng = np.random.default_rng([seed, split_key, index])
-        pixels, objects = _make_image(rng, image_size, min_size, max_size)
+    for index in tqdm(
+        range(num_images), desc=f"fpn_shapes '{split}'", unit="img", disable=not progress
+    ):
+        pixels, objects = _make_image(_image_rng(params, index), image_size, min_size, max_size)
         file_name = f"{index:06d}{_IMAGE_EXT}"
-        Image.fromarray(pixels).save(os.path.join(image_dir, file_name), quality=_JPEG_QUALITY, subsampling=0)
+        Image.fromarray(pixels).save(
+            os.path.join(image_dir, file_name), quality=_JPEG_QUALITY, subsampling=0
+        )
         image_id = index + 1
-        images.append({"id": image_id, "file_name": file_name, "width": image_size, "height": image_size})
+        images.append(
+            {"id": image_id, "file_name": file_name, "width": image_size, "height": image_size}
+        )
         for obj in objects:
-            poly = obj["polygon"]
-            (x0, y0), (x1, y1) = poly.min(axis=0), poly.max(axis=0)
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": obj["category_id"],
-                    "bbox": [round(float(v), _DECIMALS) for v in (x0, y0, x1 - x0, y1 - y0)],
-                    "area": round(_polygon_area(poly), _DECIMALS),
-                    "iscrowd": 0,
-                    "segmentation": [[float(v) for v in poly.reshape(-1)]],
-                    # COCO pixel-index convention: continuous coordinate - 0.5; v = 2 (visible).
-                    "keypoints": [
-                        v for x, y in _extreme_points(poly) for v in (round(float(x) - 0.5, 3), round(float(y) - 0.5, 3), 2)
-                    ],
-                    "num_keypoints": len(SHAPE_KEYPOINT_NAMES),
-                    "color": obj["color"],
-                }
-            )
+            annotations.append(_instance_annotation(obj, len(annotations) + 1, image_id))
     data = {
         "info": {
             "description": "fpn_shapes: synthetic solid shapes for FPN detection (fpn_plugin)",
@@ -432,19 +524,7 @@ def _write_split(out_dir: str, params: Dict[str, Any], progress: bool) -> None:
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": [
-            {
-                "id": i + 1,
-                "name": name,
-                "supercategory": "shape",
-                "keypoints": list(SHAPE_KEYPOINT_NAMES),
-                "skeleton": [
-                    [SHAPE_KEYPOINT_NAMES.index(a) + 1, SHAPE_KEYPOINT_NAMES.index(b) + 1]  # 1-based, as COCO's
-                    for a, b, _ in SHAPE_KEYPOINT_CONNECTION_RULES
-                ],
-            }
-            for i, name in enumerate(SHAPE_CLASSES)
-        ],
+        "categories": _shape_categories(),
     }
     with open(os.path.join(out_dir, _ANNOTATIONS), "w", encoding="utf-8") as f:
         json.dump(data, f, separators=(",", ":"))
@@ -496,34 +576,63 @@ def generate_shapes_dataset(
     if int(image_size) < 32:
         raise ValueError(f"image_size must be >= 32 pixels, got {image_size}")
     if not 1 <= min_size <= max_size:
-        raise ValueError(f"need 1 <= min_size <= max_size (pixels), got min_size={min_size}, max_size={max_size}")
+        raise ValueError(
+            f"need 1 <= min_size <= max_size (pixels), got min_size={min_size}, max_size={max_size}"
+        )
     params = _split_params(split, num_images, seed, image_size, min_size, max_size)
+    return _generate_split(root, params, _write_split, progress)
+
+
+def _generate_split(
+    root: str,
+    params: Dict[str, Any],
+    write: Callable[[str, Dict[str, Any], bool], None],
+    progress: bool,
+    companions: Sequence[Tuple[str, str]] = (),
+) -> str:
+    """Generate the split ``params["split"]`` under ``root`` (absolute) atomically, unless a
+    complete one (see :func:`_is_complete`, ``companions``) made with ``params`` is there:
+    ``write(folder, params, progress)`` fills a hidden temporary folder, renamed into place when
+    complete. Returns the path of the split's ``annotations.json``."""
+    split, num_images, image_size = params["split"], params["num_images"], params["image_size"]
     split_dir = os.path.join(root, split)
     json_file = os.path.join(split_dir, _ANNOTATIONS)
-    if _is_complete(split_dir, params):
+    if _is_complete(split_dir, params, companions):
         return json_file
-    if os.path.lexists(split_dir) and not (os.path.isdir(split_dir) and _looks_generated(split_dir)):
+    ours = os.path.isdir(split_dir) and _looks_generated(split_dir)
+    if os.path.lexists(split_dir) and not ours:
         raise FileExistsError(
             f"'{split_dir}' exists and was not written by fpn_plugin's shapes generator; "
             "remove it or generate under another root."
         )
 
-    os.makedirs(root, exist_ok=True)
-    _remove_stale_temp_dirs(root, split)
-    tmp_dir = tempfile.mkdtemp(prefix=f"{_temp_prefix(split)}{socket.gethostname()}-{os.getpid()}-", dir=root)
     try:
-        logger.info(f"Generating {num_images} fpn_shapes images ({image_size} px) into '{split_dir}' ...")
-        _write_split(tmp_dir, params, progress)
-        if _is_complete(split_dir, params):  # another process finished first
+        os.makedirs(root, exist_ok=True)
+        _remove_stale_temp_dirs(root, split)
+        prefix = f"{_temp_prefix(split)}{socket.gethostname()}-{os.getpid()}-"
+        tmp_dir = tempfile.mkdtemp(prefix=prefix, dir=root)
+    except PermissionError as e:
+        raise PermissionError(
+            f"Cannot write the fpn_shapes dataset under {root!r} ({e.strerror}); set the "
+            "environment variable FPN_PLUGIN_DATA (or DATASETS.FPN_SHAPES.ROOT) to a writable "
+            "folder."
+        ) from e
+    try:
+        logger.info(
+            f"Generating {num_images} fpn_shapes images ({image_size} px) into '{split_dir}' ..."
+        )
+        write(tmp_dir, params, progress)
+        if _is_complete(split_dir, params, companions):  # another process finished first
             return json_file
-        if os.path.lexists(split_dir):  # incomplete or outdated: move aside (one rename), then delete
+        if os.path.lexists(split_dir):  # incomplete or outdated: moved aside (one rename), deleted
             old_dir = tempfile.mkdtemp(prefix=f".{split}.old-", dir=root)
             os.rename(split_dir, os.path.join(old_dir, split))
             shutil.rmtree(old_dir, ignore_errors=True)
         try:
             os.rename(tmp_dir, split_dir)
         except OSError:
-            if not _is_complete(split_dir, params):  # lost a race to a process that wrote something else
+            # Lost a race to a process that wrote something else?
+            if not _is_complete(split_dir, params, companions):
                 raise
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)  # no-op once renamed
@@ -537,7 +646,9 @@ def generate_shapes_dataset(
 
 def default_data_root() -> str:
     """Where generated datasets live: ``$FPN_PLUGIN_DATA`` if set, else ``~/.cache/fpn_plugin``."""
-    return os.path.expanduser(os.environ.get("FPN_PLUGIN_DATA") or os.path.join("~", ".cache", "fpn_plugin"))
+    return os.path.expanduser(
+        os.environ.get("FPN_PLUGIN_DATA") or os.path.join("~", ".cache", "fpn_plugin")
+    )
 
 
 class _ShapesLoader:
@@ -548,17 +659,24 @@ class _ShapesLoader:
 
     def __call__(self) -> List[dict]:
         json_file = generate_shapes_dataset(**self.spec, progress=True)
-        return load_coco_json(json_file, os.path.join(os.path.dirname(json_file), _IMAGES), self.name)
+        return load_coco_json(
+            json_file, os.path.join(os.path.dirname(json_file), _IMAGES), self.name
+        )
 
 
 def register_shapes_datasets(
-    root: Optional[str] = None, num_train: int = 1000, num_val: int = 100, seed: int = 0, image_size: int = 512
+    root: Optional[str] = None,
+    num_train: int = 1000,
+    num_val: int = 100,
+    seed: int = 0,
+    image_size: int = 512,
 ) -> None:
     """Register ``fpn_shapes_train`` and ``fpn_shapes_val`` in Detectron2's catalogs.
 
     Nothing is generated here: a split is generated (see :func:`generate_shapes_dataset`) the first
-    time ``DatasetCatalog.get`` is called for it, then loaded with ``load_coco_json``. Both splits live
-    in ``<root>/fpn_shapes_<image_size>px_seed<seed>_train<num_train>_val<num_val>/{train,val}``, so
+    time ``DatasetCatalog.get`` is called for it, then loaded with ``load_coco_json``. Both splits
+    live in
+    ``<root>/fpn_shapes_<image_size>px_seed<seed>_train<num_train>_val<num_val>/{train,val}``, so
     datasets with different parameters are cached side by side. The validation split uses
     ``seed + 1``. The metadata has ``thing_classes`` (:data:`SHAPE_CLASSES`), ``json_file``,
     ``image_root``, ``evaluator_type="coco"`` (for ``COCOEvaluator``), and for keypoint detectors
@@ -574,9 +692,12 @@ def register_shapes_datasets(
         seed: random seed of the training split (non-negative).
         image_size: image width and height, pixels.
     """
-    root = os.path.abspath(os.path.expanduser(os.fspath(root) if root is not None else default_data_root()))
+    root = os.path.abspath(
+        os.path.expanduser(os.fspath(root) if root is not None else default_data_root())
+    )
     dataset_dir = os.path.join(
-        root, f"fpn_shapes_{int(image_size)}px_seed{int(seed)}_train{int(num_train)}_val{int(num_val)}"
+        root,
+        f"fpn_shapes_{int(image_size)}px_seed{int(seed)}_train{int(num_train)}_val{int(num_val)}",
     )
     splits: Sequence[Tuple[str, str, int, int]] = (
         (SHAPES_TRAIN, "train", num_train, seed),
@@ -610,6 +731,14 @@ def register_shapes_datasets(
 
 
 def register_shapes_datasets_from_config(cfg) -> None:
-    """:func:`register_shapes_datasets` with the settings of ``cfg.DATASETS.FPN_SHAPES``."""
+    """:func:`register_shapes_datasets` and its panoptic variant's
+    (:func:`~fpn_plugin.data.register_shapes_panoptic_datasets`) with the settings of
+    ``cfg.DATASETS.FPN_SHAPES``; nothing is generated until a dataset is used."""
+    # Imported here: the panoptic variant builds on this module.
+    from .shapes_panoptic import register_shapes_panoptic_datasets
+
     c = cfg.DATASETS.FPN_SHAPES
-    register_shapes_datasets(root=c.ROOT or None, num_train=c.NUM_TRAIN, num_val=c.NUM_VAL, seed=c.SEED, image_size=c.IMAGE_SIZE)
+    settings = dict(root=c.ROOT or None, num_train=c.NUM_TRAIN, num_val=c.NUM_VAL, seed=c.SEED)
+    settings["image_size"] = c.IMAGE_SIZE
+    register_shapes_datasets(**settings)
+    register_shapes_panoptic_datasets(**settings)

@@ -1,7 +1,9 @@
-"""What the command-line tools share: loading a plugin config, choosing the device, the CPU allocator."""
+"""What the command-line tools share: loading a plugin config, choosing the device, the CPU
+allocator."""
+
 import logging
 import os
-from typing import Optional, Sequence
+from typing import Sequence
 
 from detectron2.config import CfgNode
 
@@ -18,7 +20,8 @@ def load_plugin_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
     (not frozen). ``FileNotFoundError`` naming ``config_file`` when it is not a file."""
     if not os.path.isfile(config_file):
         raise FileNotFoundError(
-            f"--config-file {config_file!r} does not exist; pass a YAML config such as configs/quickstart.yaml."
+            f"--config-file {config_file!r} does not exist; pass a YAML config such as "
+            "configs/quickstart.yaml."
         )
     cfg = get_plugin_cfg()
     cfg.merge_from_file(config_file)
@@ -28,7 +31,8 @@ def load_plugin_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
 
 def prepare_process(cfg: CfgNode, args, log=print) -> None:
     """Per process, before the model is built: ``MODEL.DEVICE`` falls back to "cpu" without a GPU,
-    and CPU runs keep freed memory unless ``args.system_malloc``; each change is reported with ``log``."""
+    and CPU runs keep freed memory unless ``args.system_malloc``; each change is reported with
+    ``log``."""
     for message in (fall_back_to_cpu(cfg), keep_freed_memory_for_tool(args, cfg.MODEL.DEVICE)):
         if message:
             log(message)

@@ -1,4 +1,5 @@
-"""Export of the plugin's detector: TorchScript (scripting or tracing) and ONNX, with a check against eager mode.
+"""Export of the plugin's detector: TorchScript (scripting or tracing) and ONNX, with a check
+against eager mode.
 
 The exported models take one image as the network sees it -- (3, H, W) float32, BGR (or
 ``INPUT.FORMAT``), already resized as ``DefaultPredictor`` does -- and return its detections
@@ -14,10 +15,17 @@ before the final rescale to the original image size, as Detectron2's exported mo
 
 Rescale to the original image with ``detectron2.modeling.postprocessing.detector_postprocess``.
 """
+
 from .common import ExportError, eager_detections
 from .compare import compare_detections
 from .onnx import DEFAULT_OPSET, export_onnx, run_onnx
-from .torchscript import SCRIPTING_FIELDS, export_scripting, export_tracing, run_scripted, run_traced
+from .torchscript import (
+    SCRIPTING_FIELDS,
+    export_scripting,
+    export_tracing,
+    run_scripted,
+    run_traced,
+)
 
 __all__ = [
     "ExportError",

@@ -1,4 +1,5 @@
 """Matching an exported model's detections to the eager model's (see :mod:`fpn_plugin.export`)."""
+
 import math
 from typing import Dict
 
@@ -8,7 +9,10 @@ __all__ = ["compare_detections"]
 
 
 def compare_detections(
-    ref: Dict[str, torch.Tensor], got: Dict[str, torch.Tensor], tol: float = 1e-3, tie_tol: float = 1e-6
+    ref: Dict[str, torch.Tensor],
+    got: Dict[str, torch.Tensor],
+    tol: float = 1e-3,
+    tie_tol: float = 1e-6,
 ) -> Dict[str, float]:
     """Match exported detections to eager ones and measure their differences.
 
@@ -48,12 +52,20 @@ def compare_detections(
     matched = int(used_ref.sum())
     left_ref, left_got = rs[~used_ref], gs[~used_got]
     ties = (
-        len(left_ref) == len(left_got)
-        and bool((left_ref <= rs.min() + tie_tol).all())
-        and bool((left_got <= gs.min() + tie_tol).all())
-    ) if len(left_ref) or len(left_got) else True
+        (
+            len(left_ref) == len(left_got)
+            and bool((left_ref <= rs.min() + tie_tol).all())
+            and bool((left_got <= gs.min() + tie_tol).all())
+        )
+        if len(left_ref) or len(left_got)
+        else True
+    )
     return {
-        "ok": float(n_ref == n_got and ties), "num_eager": n_ref, "num_exported": n_got, "matched": matched,
+        "ok": float(n_ref == n_got and ties),
+        "num_eager": n_ref,
+        "num_exported": n_got,
+        "matched": matched,
         "ties_at_cut": len(left_ref) if ties else 0,
-        "max_box_diff": max_box if matched else math.nan, "max_score_diff": max_score if matched else math.nan,
+        "max_box_diff": max_box if matched else math.nan,
+        "max_score_diff": max_score if matched else math.nan,
     }

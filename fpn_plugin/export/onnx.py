@@ -1,11 +1,13 @@
-"""ONNX export of the detector, through tracing, and its run by onnxruntime (see :mod:`fpn_plugin.export`)."""
+"""ONNX export of the detector, through tracing, and its run by onnxruntime (see
+:mod:`fpn_plugin.export`)."""
+
 from typing import Dict, List
 
 import torch
 
 from detectron2.modeling import GeneralizedRCNN
 
-from .common import ExportError, check_model, first_line
+from .common import ExportError, check_model, first_line, plain_copy
 from .torchscript import output_names, tracing_adapter
 
 __all__ = ["DEFAULT_OPSET", "export_onnx", "run_onnx"]
@@ -15,9 +17,14 @@ DEFAULT_OPSET = 17
 
 
 def export_onnx(
-    model: GeneralizedRCNN, image: torch.Tensor, f: str, opset: int = DEFAULT_OPSET, exporter: str = "legacy"
+    model: GeneralizedRCNN,
+    image: torch.Tensor,
+    f: str,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "legacy",
 ) -> List[str]:
-    """ONNX file ``f`` of the detector, traced on one (3, H, W) sample image; returns its output names.
+    """ONNX file ``f`` of the detector, traced on one (3, H, W) sample image; returns its output
+    names.
 
     ``exporter``: "legacy" (``torch.onnx.export(dynamo=False)``, TorchScript-based tracing; works)
     or "dynamo" (``torch.export``-based). Height and width are dynamic axes.
@@ -30,29 +37,50 @@ def export_onnx(
         getattr(p, "pooler_type", "") == "ROIAlignV2" for p in model.roi_heads.modules()
     ):
         raise ExportError(
-            path, f"opset {opset} has no half-pixel RoiAlign, which ROIAlignV2 (POOLER_TYPE) needs (opset >= 16)",
+            path,
+            f"opset {opset} has no half-pixel RoiAlign, which ROIAlignV2 (POOLER_TYPE) needs "
+            "(opset >= 16)",
             f"--opset {DEFAULT_OPSET}",
         )
     try:
         import onnx  # noqa: F401
     except ImportError as e:
-        raise ExportError(path, "the 'onnx' package is not installed", "pip install onnx onnxruntime (or: pip install -e '.[export]')") from e
-    adapter = tracing_adapter(model, image)
+        raise ExportError(
+            path,
+            "the 'onnx' package is not installed",
+            "pip install onnx onnxruntime (or: pip install -e '.[export]')",
+        ) from e
+    adapter = tracing_adapter(plain_copy(model), image)
     with torch.no_grad():
-        adapter(*adapter.flattened_inputs)  # one eager run: the ONNX graph needs the output names first
+        adapter(
+            *adapter.flattened_inputs
+        )  # one eager run: the ONNX graph needs the output names first
     names = output_names(adapter)
     try:
         with torch.no_grad():
             if exporter == "legacy":
                 torch.onnx.export(
-                    adapter, adapter.flattened_inputs, f, dynamo=False, opset_version=opset,
-                    input_names=["image"], output_names=names,
-                    dynamic_axes={"image": {1: "height", 2: "width"}, **{n: {0: "detections"} for n in names[:-1]}},
+                    adapter,
+                    adapter.flattened_inputs,
+                    f,
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=["image"],
+                    output_names=names,
+                    dynamic_axes={
+                        "image": {1: "height", 2: "width"},
+                        **{n: {0: "detections"} for n in names[:-1]},
+                    },
                 )
             else:
                 torch.onnx.export(
-                    adapter, adapter.flattened_inputs, f, dynamo=True, opset_version=opset,
-                    input_names=["image"], output_names=names,
+                    adapter,
+                    adapter.flattened_inputs,
+                    f,
+                    dynamo=True,
+                    opset_version=opset,
+                    input_names=["image"],
+                    output_names=names,
                 )
     except Exception as e:
         reason = first_line(e)
@@ -72,12 +100,14 @@ def run_onnx(f: str, image: torch.Tensor) -> Dict[str, torch.Tensor]:
     try:
         import onnxruntime as ort
     except ImportError as e:
-        raise ExportError("ONNX check", "the 'onnxruntime' package is not installed", "pip install onnxruntime, or skip the check") from e
+        raise ExportError(
+            "ONNX check",
+            "the 'onnxruntime' package is not installed",
+            "pip install onnxruntime, or skip the check",
+        ) from e
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, torch.get_num_threads())
     session = ort.InferenceSession(f, options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     outputs = session.run(None, {session.get_inputs()[0].name: image.numpy()})
     return {n: torch.from_numpy(o) for n, o in zip(names, outputs) if n != "image_size"}
-
-

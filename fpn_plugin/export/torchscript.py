@@ -1,5 +1,5 @@
 """TorchScript export of the detector: scripting and tracing (see :mod:`fpn_plugin.export`)."""
-import copy
+
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -10,12 +10,20 @@ from detectron2.export.flatten import InstancesSchema
 from detectron2.modeling import GeneralizedRCNN
 from detectron2.structures import Boxes
 
-from ..accel import remove_strategies
-from .common import ExportError, check_model, first_line
+from .common import ExportError, check_model, first_line, plain_copy
 
-__all__ = ["SCRIPTING_FIELDS", "export_scripting", "export_tracing", "run_scripted", "run_traced", "tracing_adapter", "output_names"]
+__all__ = [
+    "SCRIPTING_FIELDS",
+    "export_scripting",
+    "export_tracing",
+    "run_scripted",
+    "run_traced",
+    "tracing_adapter",
+    "output_names",
+]
 
-#: Every ``Instances`` field the detector's inference creates, with its type (scripting needs them all).
+#: Every ``Instances`` field the detector's inference creates, with its type (scripting needs them
+#: all).
 SCRIPTING_FIELDS = {
     "proposal_boxes": Boxes,
     "objectness_logits": torch.Tensor,
@@ -28,8 +36,10 @@ SCRIPTING_FIELDS = {
     "pred_keypoint_heatmaps": torch.Tensor,
 }
 
+
 class _ScriptableDetector(nn.Module):
-    """Returns dicts instead of ``Instances``, which a saved TorchScript model cannot return (pytorch issue 46944)."""
+    """Returns dicts instead of ``Instances``, which a saved TorchScript model cannot return
+    (pytorch issue 46944)."""
 
     def __init__(self, model: GeneralizedRCNN):
         super().__init__()
@@ -41,7 +51,8 @@ class _ScriptableDetector(nn.Module):
 
 
 def export_scripting(model: GeneralizedRCNN) -> torch.jit.ScriptModule:
-    """``torch.jit.script`` of the detector (through ``detectron2.export.scripting_with_instances``).
+    """``torch.jit.script`` of the detector (through
+    ``detectron2.export.scripting_with_instances``).
 
     The result works on any image size; call it as ``ts(({"image": image},))``. ``model`` itself is
     left unchanged: scripting registers some of its submodules under new names (Detectron2's ResNet
@@ -51,8 +62,9 @@ def export_scripting(model: GeneralizedRCNN) -> torch.jit.ScriptModule:
     path = "TorchScript scripting"
     check_model(model, path)
     try:
-        plain = remove_strategies(copy.deepcopy(model))
-        return scripting_with_instances(_ScriptableDetector(plain).eval(), SCRIPTING_FIELDS)
+        return scripting_with_instances(
+            _ScriptableDetector(plain_copy(model)).eval(), SCRIPTING_FIELDS
+        )
     except Exception as e:
         raise ExportError(path, first_line(e), "tracing (--export-method tracing)") from e
 
@@ -75,8 +87,11 @@ def output_names(adapter: TracingAdapter) -> List[str]:
     return list(schema.keys) + ["image_size"]
 
 
-def export_tracing(model: GeneralizedRCNN, image: torch.Tensor) -> Tuple[torch.jit.ScriptModule, List[str]]:
-    """``torch.jit.trace`` of the detector on one (3, H, W) sample image, through ``TracingAdapter``.
+def export_tracing(
+    model: GeneralizedRCNN, image: torch.Tensor
+) -> Tuple[torch.jit.ScriptModule, List[str]]:
+    """``torch.jit.trace`` of the detector on one (3, H, W) sample image, through
+    ``TracingAdapter``.
 
     Returns the traced model (``traced(image) -> tuple of tensors``) and the names of its outputs.
     Sizes are traced, not frozen, so the model also runs on images of other sizes.
@@ -84,11 +99,13 @@ def export_tracing(model: GeneralizedRCNN, image: torch.Tensor) -> Tuple[torch.j
     path = "TorchScript tracing"
     check_model(model, path)
     try:
-        adapter = tracing_adapter(model, image)
+        adapter = tracing_adapter(plain_copy(model), image)
         with torch.no_grad():
             traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
     except Exception as e:
-        raise ExportError(path, first_line(e), "TorchScript scripting (--export-method scripting)") from e
+        raise ExportError(
+            path, first_line(e), "TorchScript scripting (--export-method scripting)"
+        ) from e
     return traced, output_names(adapter)
 
 
@@ -98,10 +115,10 @@ def run_scripted(ts: torch.jit.ScriptModule, image: torch.Tensor) -> Dict[str, t
         return dict(ts(({"image": image},))[0])
 
 
-def run_traced(traced: torch.jit.ScriptModule, image: torch.Tensor, names: Sequence[str]) -> Dict[str, torch.Tensor]:
+def run_traced(
+    traced: torch.jit.ScriptModule, image: torch.Tensor, names: Sequence[str]
+) -> Dict[str, torch.Tensor]:
     """Detections of a traced model, outputs named by ``names``."""
     with torch.no_grad():
         outputs = traced(image)
     return {n: t for n, t in zip(names, outputs) if n != "image_size"}
-
-

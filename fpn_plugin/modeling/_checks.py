@@ -1,4 +1,6 @@
-"""Argument checks shared by the modeling components: each error names the config key and the fix."""
+"""Argument checks shared by the modeling components: each error names the config key and the
+fix."""
+
 from typing import Iterable, Sequence
 
 __all__ = ["check_choice", "check_in_features"]
@@ -14,5 +16,6 @@ def check_in_features(in_features: Sequence[str]) -> None:
     """``ValueError`` for an empty ``MODEL.FPN.IN_FEATURES``."""
     if not in_features:
         raise ValueError(
-            "MODEL.FPN.IN_FEATURES is empty; list the bottom-up outputs, e.g. ['res2', 'res3', 'res4', 'res5']."
+            "MODEL.FPN.IN_FEATURES is empty; list the bottom-up outputs, e.g. ['res2', 'res3', "
+            "'res4', 'res5']."
         )

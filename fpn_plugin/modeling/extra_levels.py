@@ -4,6 +4,7 @@ The paper's P6 is a stride-2 subsampling of P5 (Sec. 4.1), used by the RPN only;
 and P7 are stride-2 3x3 convs (Lin et al. 2017b). Both are Detectron2's own modules
 (``LastLevelMaxPool``, ``LastLevelP6P7``), with the input level made a parameter.
 """
+
 import math
 from typing import List, Optional
 
@@ -21,7 +22,8 @@ EXTRA_LEVEL_TYPES = ("none", "p6_subsample", "p6p7_c5", "p6p7_p5")
 
 
 class LastLevelSubsample(LastLevelMaxPool):
-    """P_{k+1} from P_k by stride-2 subsampling (paper, Sec. 4.1): (N, C, H, W) -> (N, C, ceil(H/2), ceil(W/2)).
+    """P_{k+1} from P_k by stride-2 subsampling (paper, Sec. 4.1):
+    (N, C, H, W) -> (N, C, ceil(H/2), ceil(W/2)).
 
     Detectron2's ``LastLevelMaxPool`` (a 1x1 max-pool with stride 2 keeps every other pixel),
     reading ``in_feature`` instead of always "p5", so that a pyramid ending at P4 gets P5.

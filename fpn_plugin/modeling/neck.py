@@ -6,6 +6,7 @@ are created and initialised in Detectron2's order, so a seeded build starts from
 How the neck is run fast (memory layouts, precision, in-place merges) is not decided here:
 see :mod:`fpn_plugin.accel`.
 """
+
 import copy
 import math
 from typing import Dict, List, Optional
@@ -19,13 +20,32 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone
 
+from ..config import plugin_key
 from ._checks import check_choice, check_in_features
 from .extra_levels import build_extra_levels
 
-__all__ = ["FPNNeck", "TopDownMerge", "build_fpn_neck_backbone"]
+__all__ = ["FPNNeck", "TopDownMerge", "build_fpn_neck_backbone", "build_bottom_up"]
 
 UPSAMPLE_MODES = ("nearest", "bilinear")
 FUSE_TYPES = ("sum", "avg")
+
+
+#: Builders of necks, which cannot be the bottom-up network of a neck.
+NECK_BUILDERS = ("build_fpn_neck_backbone", "build_pafpn_neck_backbone", "build_bifpn_backbone")
+
+
+def build_bottom_up(cfg, input_shape: Optional[ShapeSpec] = None) -> Backbone:
+    """The bottom-up network that ``MODEL.FPN.BOTTOM_UP`` names, built from ``cfg``."""
+    if input_shape is None:
+        input_shape = ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN))
+    name = plugin_key(cfg, "MODEL.FPN.BOTTOM_UP")
+    if name in NECK_BUILDERS or name not in BACKBONE_REGISTRY:
+        raise ValueError(
+            f"MODEL.FPN.BOTTOM_UP = {name!r} is not a registered bottom-up network; use a "
+            "BACKBONE_REGISTRY name such as 'build_resnet_backbone' (import the module that "
+            "registers it first)."
+        )
+    return BACKBONE_REGISTRY.get(name)(cfg, input_shape)
 
 
 class TopDownMerge(nn.Module):
@@ -44,7 +64,9 @@ class TopDownMerge(nn.Module):
         self.upsample = upsample
         self.fuse_type = fuse_type
 
-    def forward(self, lateral: Optional[torch.Tensor], coarser: torch.Tensor, size: List[int]) -> torch.Tensor:
+    def forward(
+        self, lateral: Optional[torch.Tensor], coarser: torch.Tensor, size: List[int]
+    ) -> torch.Tensor:
         """
         Args:
             lateral: (N, D, H, W), the 1x1-reduced C_k; None without lateral connections.
@@ -94,40 +116,57 @@ class FPNNeck(Backbone):
         """
         Args:
             bottom_up: the bottom-up network; its outputs named in ``in_features`` are C2..C5.
-            in_features: names of the bottom-up outputs, finest first (e.g. ``["res2", ..., "res5"]``);
-                their strides must double level to level (``MODEL.FPN.IN_FEATURES``).
+            in_features: names of the bottom-up outputs, finest first
+                (e.g. ``["res2", ..., "res5"]``); their strides must double level to level
+                (``MODEL.FPN.IN_FEATURES``).
             out_channels: d, channels of every pyramid level (``MODEL.FPN.OUT_CHANNELS``, 256).
             norm: normalization after each conv: "" (none, the paper), "BN", "SyncBN", "GN", ...
                 (``MODEL.FPN.NORM``; any name ``detectron2.layers.get_norm`` knows).
             top_block: module making the levels above the last input, with attributes
                 ``num_levels`` and ``in_feature`` (see :mod:`.extra_levels`); None for none.
-            fuse_type: merge of lateral and top-down maps, "sum" (the paper) or "avg" (``MODEL.FPN.FUSE_TYPE``).
+            fuse_type: merge of lateral and top-down maps, "sum" (the paper) or "avg"
+                (``MODEL.FPN.FUSE_TYPE``).
             square_pad: if > 0, images are padded to this square size.
-            upsample: "nearest" (the paper) or "bilinear" x2 top-down upsampling (``MODEL.FPN.UPSAMPLE``).
-            top_down: False removes the top-down pathway: P_k = conv3x3(lateral(C_k)) (Tables 1-2, row d).
+            upsample: "nearest" (the paper) or "bilinear" x2 top-down upsampling
+                (``MODEL.FPN.UPSAMPLE``).
+            top_down: False removes the top-down pathway: P_k = conv3x3(lateral(C_k))
+                (Tables 1-2, row d).
             lateral: False removes the 1x1 lateral connections below the coarsest level:
                 P_k = conv3x3(upsample(M_{k+1})) (Tables 1-2, row e).
-            finest_only: True outputs only the finest level (Tables 1-2, row f); ``top_block`` must be None.
+            finest_only: True outputs only the finest level (Tables 1-2, row f); ``top_block``
+                must be None.
         """
         super().__init__()
-        strides = self._check_arguments(bottom_up, in_features, norm, out_channels, top_down, lateral, finest_only, top_block)
+        strides = self._check_arguments(
+            bottom_up, in_features, norm, out_channels, top_down, lateral, finest_only, top_block
+        )
         input_shapes = bottom_up.output_shape()
         stages = [int(math.log2(s)) for s in strides]
         use_bias = norm == ""
         lateral_convs, output_convs, merges = [], [], []
         for idx, (stage, feat) in enumerate(zip(stages, in_features)):
-            has_lateral = lateral or idx == len(in_features) - 1  # the coarsest level always has one
+            has_lateral = (
+                lateral or idx == len(in_features) - 1
+            )  # the coarsest level always has one
             has_output = not finest_only or idx == 0
             # Created, then initialised, in Detectron2's order: the same random draws from a seed.
             lateral_conv = output_conv = None
             if has_lateral:
                 lateral_conv = Conv2d(
-                    input_shapes[feat].channels, out_channels, kernel_size=1, bias=use_bias,
+                    input_shapes[feat].channels,
+                    out_channels,
+                    kernel_size=1,
+                    bias=use_bias,
                     norm=get_norm(norm, out_channels),
                 )
             if has_output:
                 output_conv = Conv2d(
-                    out_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=use_bias,
+                    out_channels,
+                    out_channels,
+                    kernel_size=3,
+                    stride=1,
+                    padding=1,
+                    bias=use_bias,
                     norm=get_norm(norm, out_channels),
                 )
             for conv, name in ((lateral_conv, "fpn_lateral"), (output_conv, "fpn_output")):
@@ -144,9 +183,9 @@ class FPNNeck(Backbone):
         self.lateral_convs = lateral_convs[::-1]
         self.output_convs = output_convs[::-1]
         self.top_down_merges = merges[::-1]
-        self.bottom_up = bottom_up
+        self.top_block = top_block  # registered before bottom_up: Detectron2's state_dict order
         self.in_features = tuple(in_features)
-        self.top_block = top_block
+        self.bottom_up = bottom_up
         self._fuse_type = fuse_type
         self._upsample = upsample
         self._top_down = top_down
@@ -164,22 +203,26 @@ class FPNNeck(Backbone):
         self._out_feature_channels = {k: out_channels for k in self._out_features}
 
     @staticmethod
-    def _check_arguments(bottom_up, in_features, norm, out_channels, top_down, lateral, finest_only, top_block) -> List[int]:
+    def _check_arguments(
+        bottom_up, in_features, norm, out_channels, top_down, lateral, finest_only, top_block
+    ) -> List[int]:
         """Clear errors for settings that cannot build a pyramid; returns the input strides."""
         if not isinstance(bottom_up, Backbone):
             raise ValueError(
-                f"bottom_up (MODEL.FPN.BOTTOM_UP) must be a detectron2 Backbone, got {type(bottom_up).__name__}; "
-                "register a builder that returns a Backbone in BACKBONE_REGISTRY."
+                "bottom_up (MODEL.FPN.BOTTOM_UP) must be a detectron2 Backbone, got "
+                f"{type(bottom_up).__name__}; register a builder that returns a Backbone in "
+                "BACKBONE_REGISTRY."
             )
         check_in_features(in_features)
         if not top_down and not lateral:
             raise ValueError(
-                "MODEL.FPN.TOP_DOWN = False and MODEL.FPN.LATERAL = False leave no path from C2..C4 to the "
-                "pyramid; turn one of them back on."
+                "MODEL.FPN.TOP_DOWN = False and MODEL.FPN.LATERAL = False leave no path from "
+                "C2..C4 to the pyramid; turn one of them back on."
             )
         if finest_only and top_block is not None:
             raise ValueError(
-                "MODEL.FPN.FINEST_ONLY = True outputs only the finest level; set MODEL.FPN.EXTRA_LEVELS to 'none'."
+                "MODEL.FPN.FINEST_ONLY = True outputs only the finest level; set "
+                "MODEL.FPN.EXTRA_LEVELS to 'none'."
             )
         input_shapes = bottom_up.output_shape()
         missing = [f for f in in_features if f not in input_shapes]
@@ -187,39 +230,36 @@ class FPNNeck(Backbone):
             raise ValueError(
                 f"MODEL.FPN.IN_FEATURES names {missing}, which the bottom-up network "
                 f"({type(bottom_up).__name__}) does not produce; it produces {list(input_shapes)}. "
-                "Use those names, or add them to the bottom-up outputs (e.g. MODEL.RESNETS.OUT_FEATURES)."
+                "Use those names, or add them to the bottom-up outputs "
+                "(MODEL.RESNETS.OUT_FEATURES, MODEL.TIMM.OUT_INDICES)."
             )
         strides = [input_shapes[f].stride for f in in_features]
         for finer, coarser in zip(strides[:-1], strides[1:]):
             if coarser != 2 * finer:
                 raise ValueError(
-                    f"MODEL.FPN.IN_FEATURES {list(in_features)} have strides {strides}, which do not double "
-                    "level to level; choose consecutive stages (e.g. ['res2', 'res3', 'res4', 'res5'])."
+                    f"MODEL.FPN.IN_FEATURES {list(in_features)} have strides {strides}, which do "
+                    "not double level to level; choose consecutive stages (e.g. ['res2', 'res3', "
+                    "'res4', 'res5'])."
                 )
         if any(s & (s - 1) for s in strides):
             raise ValueError(f"MODEL.FPN.IN_FEATURES strides {strides} must be powers of 2.")
         try:
             get_norm(norm, out_channels)
         except Exception as e:  # detectron2 raises KeyError/AssertionError for unknown names
-            raise ValueError(f"MODEL.FPN.NORM = {norm!r} is not a known norm ({e}); use '', 'BN', 'SyncBN' or 'GN'.") from e
+            raise ValueError(
+                f"MODEL.FPN.NORM = {norm!r} is not a known norm ({e}); use '', 'BN', 'SyncBN' or "
+                "'GN'."
+            ) from e
         return strides
 
     @classmethod
     def from_config(cls, cfg, input_shape: Optional[ShapeSpec] = None):
-        if input_shape is None:
-            input_shape = ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN))
-        name = cfg.MODEL.FPN.BOTTOM_UP
-        if name == "build_fpn_neck_backbone" or name not in BACKBONE_REGISTRY:
-            raise ValueError(
-                f"MODEL.FPN.BOTTOM_UP = {name!r} is not a registered bottom-up network; use a BACKBONE_REGISTRY "
-                "name such as 'build_resnet_backbone' (import the module that registers it first)."
-            )
-        bottom_up = BACKBONE_REGISTRY.get(name)(cfg, input_shape)
+        bottom_up = build_bottom_up(cfg, input_shape)
         in_features = list(cfg.MODEL.FPN.IN_FEATURES)
         check_in_features(in_features)
         out_channels = cfg.MODEL.FPN.OUT_CHANNELS
-        finest_only = cfg.MODEL.FPN.FINEST_ONLY
-        extra = "none" if finest_only else cfg.MODEL.FPN.EXTRA_LEVELS
+        finest_only = plugin_key(cfg, "MODEL.FPN.FINEST_ONLY")
+        extra = "none" if finest_only else plugin_key(cfg, "MODEL.FPN.EXTRA_LEVELS")
         return {
             "bottom_up": bottom_up,
             "in_features": in_features,
@@ -227,9 +267,9 @@ class FPNNeck(Backbone):
             "norm": cfg.MODEL.FPN.NORM,
             "top_block": build_extra_levels(extra, bottom_up, in_features, out_channels),
             "fuse_type": cfg.MODEL.FPN.FUSE_TYPE,
-            "upsample": cfg.MODEL.FPN.UPSAMPLE,
-            "top_down": cfg.MODEL.FPN.TOP_DOWN,
-            "lateral": cfg.MODEL.FPN.LATERAL,
+            "upsample": plugin_key(cfg, "MODEL.FPN.UPSAMPLE"),
+            "top_down": plugin_key(cfg, "MODEL.FPN.TOP_DOWN"),
+            "lateral": plugin_key(cfg, "MODEL.FPN.LATERAL"),
             "finest_only": finest_only,
         }
 
@@ -286,7 +326,9 @@ class FPNNeck(Backbone):
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return {
-            name: ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
+            name: ShapeSpec(
+                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
+            )
             for name in self._out_features
         }
 
@@ -295,8 +337,9 @@ class FPNNeck(Backbone):
         TorchScript can iterate (parameter names of the copy change; the original is untouched)."""
         if any(c is None for c in self.lateral_convs + self.output_convs):
             raise ValueError(
-                "TorchScript scripting cannot export an FPNNeck without some lateral or output convs "
-                "(MODEL.FPN.LATERAL = False or MODEL.FPN.FINEST_ONLY = True); export it by tracing instead."
+                "TorchScript scripting cannot export an FPNNeck without some lateral or output "
+                "convs (MODEL.FPN.LATERAL = False or MODEL.FPN.FINEST_ONLY = True); export it by "
+                "tracing instead."
             )
         ret = copy.deepcopy(self)
         ret.lateral_convs = nn.ModuleList(ret.lateral_convs)
@@ -310,5 +353,6 @@ class FPNNeck(Backbone):
 
 @BACKBONE_REGISTRY.register()
 def build_fpn_neck_backbone(cfg, input_shape: ShapeSpec) -> FPNNeck:
-    """``MODEL.BACKBONE.NAME: "build_fpn_neck_backbone"``: ``MODEL.FPN.BOTTOM_UP`` + :class:`FPNNeck`."""
+    """``MODEL.BACKBONE.NAME: "build_fpn_neck_backbone"``:
+    ``MODEL.FPN.BOTTOM_UP`` + :class:`FPNNeck`."""
     return FPNNeck(cfg, input_shape)

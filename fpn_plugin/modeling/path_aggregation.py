@@ -1,4 +1,5 @@
-"""Path-aggregation necks: PAFPN (Liu et al. 2018, PANet) and BiFPN-style weighted fusion (Tan et al. 2020).
+"""Path-aggregation necks: PAFPN (Liu et al. 2018, PANet) and BiFPN-style weighted fusion
+(Tan et al. 2020).
 
 :class:`PathAggregationNeck` is :class:`~fpn_plugin.neck.FPNNeck` (the same lateral and top-down
 pathway, built by it, with Detectron2's parameter names) plus
@@ -19,6 +20,7 @@ pathway, built by it, with Detectron2's parameter names) plus
 A checkpoint of :class:`FPNNeck` (or Detectron2's FPN) loads into it with only the new path's
 parameters missing.
 """
+
 import math
 from typing import List, Optional
 
@@ -31,7 +33,7 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone
 
-from ..config import get_renamed
+from ..config import plugin_key
 from ._checks import check_choice
 from .neck import FUSE_TYPES, FPNNeck
 from .weighted_fusion import FastNormalizedFusion, WeightedTopDownMerge
@@ -44,8 +46,9 @@ PA_FUSE_TYPES = FUSE_TYPES + ("weighted",)
 class PathAggregationNeck(FPNNeck):
     """FPN + PANet bottom-up path augmentation, with optional BiFPN-style weighted fusion.
 
-    Forward: image batch (N, 3, H, W) -> ``{"p2": (N, D, H/4, W/4), ..., "p6": (N, D, H/64, W/64)}``,
-    the same names, strides and channels as :class:`FPNNeck` (the maps are N_2..N_5 and P6 from N_5).
+    Forward: image batch (N, 3, H, W) ->
+    ``{"p2": (N, D, H/4, W/4), ..., "p6": (N, D, H/64, W/64)}``, the same names, strides and
+    channels as :class:`FPNNeck` (the maps are N_2..N_5 and P6 from N_5).
     """
 
     @configurable
@@ -71,30 +74,41 @@ class PathAggregationNeck(FPNNeck):
                 (``MODEL.FPN.FUSE_TYPE``).
             path_augmentation: add PANet's bottom-up path (``MODEL.PAFPN.PATH_AUGMENTATION``);
                 False with ``fuse_type`` "sum"/"avg" is exactly :class:`FPNNeck`.
-            fusion_eps: eps of the weighted fusion, > 0 (``MODEL.PAFPN.FUSION_EPS``, 1e-4 as the paper).
+            fusion_eps: eps of the weighted fusion, > 0 (``MODEL.PAFPN.FUSION_EPS``, 1e-4 as the
+                paper).
             fpn_options: :class:`FPNNeck`'s other keyword options (``upsample``, ``top_down``,
                 ``lateral``, ``finest_only``).
         """
         check_choice(fuse_type, PA_FUSE_TYPES, "MODEL.FPN.FUSE_TYPE")
         if path_augmentation and fpn_options.get("finest_only", False):
             raise ValueError(
-                "MODEL.PAFPN.PATH_AUGMENTATION = True needs every pyramid level, but MODEL.FPN.FINEST_ONLY = True "
-                "drops P3..P5; turn one of them off."
+                "MODEL.PAFPN.PATH_AUGMENTATION = True needs every pyramid level, but "
+                "MODEL.FPN.FINEST_ONLY = True drops P3..P5; turn one of them off."
             )
-        # FPNNeck builds the lateral and top-down pathway; the weighted merge replaces its sum below.
+        # FPNNeck builds the lateral and top-down pathway; the weighted merge replaces its sum
+        # below.
         super().__init__(
-            bottom_up, in_features, out_channels, norm, top_block,
-            "sum" if fuse_type == "weighted" else fuse_type, square_pad, **fpn_options,
+            bottom_up,
+            in_features,
+            out_channels,
+            norm,
+            top_block,
+            "sum" if fuse_type == "weighted" else fuse_type,
+            square_pad,
+            **fpn_options,
         )
         self._fuse_type = fuse_type
         self._path_augmentation = path_augmentation
         if fuse_type == "weighted" and not (fusion_eps > 0):
-            raise ValueError(f"MODEL.PAFPN.FUSION_EPS = {fusion_eps!r} must be > 0 (the paper uses 1e-4).")
+            raise ValueError(
+                f"MODEL.PAFPN.FUSION_EPS = {fusion_eps!r} must be > 0 (the paper uses 1e-4)."
+            )
 
         shapes = bottom_up.output_shape()
         stages = [int(math.log2(shapes[f].stride)) for f in in_features]  # finest first
         use_bias = norm == ""
-        # Top-down nodes that merge two maps become weighted ones (coarsest first, as FPNNeck's lists).
+        # Top-down nodes that merge two maps become weighted ones (coarsest first, as FPNNeck's
+        # lists).
         if fuse_type == "weighted" and self._top_down:
             for idx, stage in enumerate(stages[::-1]):
                 if idx > 0 and self.lateral_convs[idx] is not None:
@@ -109,11 +123,21 @@ class PathAggregationNeck(FPNNeck):
         if path_augmentation:
             for stage in stages[1:]:
                 down = Conv2d(
-                    out_channels, out_channels, kernel_size=3, stride=2, padding=1, bias=use_bias,
+                    out_channels,
+                    out_channels,
+                    kernel_size=3,
+                    stride=2,
+                    padding=1,
+                    bias=use_bias,
                     norm=get_norm(norm, out_channels),
                 )
                 out = Conv2d(
-                    out_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=use_bias,
+                    out_channels,
+                    out_channels,
+                    kernel_size=3,
+                    stride=1,
+                    padding=1,
+                    bias=use_bias,
                     norm=get_norm(norm, out_channels),
                 )
                 for conv in (down, out):
@@ -130,14 +154,9 @@ class PathAggregationNeck(FPNNeck):
 
     @classmethod
     def from_config(cls, cfg, input_shape: Optional[ShapeSpec] = None):
-        if cfg.MODEL.FPN.BOTTOM_UP == "build_pafpn_neck_backbone":
-            raise ValueError(
-                "MODEL.FPN.BOTTOM_UP = 'build_pafpn_neck_backbone' would put the neck under itself; use a "
-                "bottom-up network such as 'build_resnet_backbone'."
-            )
         args = super().from_config(cfg, input_shape)
-        args["path_augmentation"] = get_renamed(cfg, "MODEL.PAFPN.PATH_AUGMENTATION")
-        args["fusion_eps"] = get_renamed(cfg, "MODEL.PAFPN.FUSION_EPS")
+        args["path_augmentation"] = plugin_key(cfg, "MODEL.PAFPN.PATH_AUGMENTATION")
+        args["fusion_eps"] = plugin_key(cfg, "MODEL.PAFPN.FUSION_EPS")
         return args
 
     def _merge(self, fusion: Optional[nn.Module], a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -165,6 +184,7 @@ class PathAggregationNeck(FPNNeck):
 
 @BACKBONE_REGISTRY.register()
 def build_pafpn_neck_backbone(cfg, input_shape: ShapeSpec) -> PathAggregationNeck:
-    """``MODEL.BACKBONE.NAME: "build_pafpn_neck_backbone"``: ``MODEL.FPN.BOTTOM_UP`` + :class:`PathAggregationNeck`
+    """``MODEL.BACKBONE.NAME: "build_pafpn_neck_backbone"``:
+    ``MODEL.FPN.BOTTOM_UP`` + :class:`PathAggregationNeck`
     (PAFPN; BiFPN-style with ``MODEL.FPN.FUSE_TYPE: "weighted"``)."""
     return PathAggregationNeck(cfg, input_shape)

@@ -6,6 +6,7 @@ Paper, Eqn. (1): an RoI of width w and height h (input-image pixels) is assigned
 
 clamped to the levels present, so a 224x224 RoI is pooled from P4 and one half that size from P3.
 """
+
 import math
 from typing import List, Optional
 
@@ -23,7 +24,11 @@ POOLER_TYPES = ("ROIAlignV2", "ROIAlign", "ROIPool", "ROIAlignRotated")
 
 
 def assign_boxes_to_levels(
-    box_lists: List[Boxes], min_level: int, max_level: int, canonical_box_size: float, canonical_level: int
+    box_lists: List[Boxes],
+    min_level: int,
+    max_level: int,
+    canonical_box_size: float,
+    canonical_level: int,
 ) -> torch.Tensor:
     """Level of every box by Eqn. (1), as an offset from ``min_level``.
 
@@ -33,7 +38,8 @@ def assign_boxes_to_levels(
         canonical_box_size: s0 (224 in the paper), pixels.
         canonical_level: k0 (4 in the paper).
     Returns:
-        (M,) int64 in [0, max_level - min_level], M = total boxes, in ``box_lists`` order.
+        (M,) int64 in [0, max_level - min_level], M = total boxes, in ``box_lists`` order (undefined
+        for boxes with a NaN coordinate).
     """
     areas = torch.cat([boxes.area() for boxes in box_lists])
     # Inverted boxes have negative area: treat them as empty (finest level) instead of NaN.
@@ -68,41 +74,52 @@ class LevelMappingROIPooler(nn.Module):
     ):
         """
         Args:
-            output_size (int or (int, int)): bins of the pooled feature, e.g. 7 (``MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION``).
-            scales (list[float]): 1 / stride of each level, finest first; strides must double level to level.
-            sampling_ratio: samples per bin and axis for ROIAlign; 0 for adaptive (``POOLER_SAMPLING_RATIO``).
-            pooler_type: "ROIAlignV2" (Detectron2's default), "ROIAlign", "ROIPool" or "ROIAlignRotated" (``POOLER_TYPE``).
+            output_size (int or (int, int)): bins of the pooled feature, e.g. 7
+                (``MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION``).
+            scales (list[float]): 1 / stride of each level, finest first; strides must double
+                level to level.
+            sampling_ratio: samples per bin and axis for ROIAlign; 0 for adaptive
+                (``POOLER_SAMPLING_RATIO``).
+            pooler_type: "ROIAlignV2" (Detectron2's default), "ROIAlign", "ROIPool" or
+                "ROIAlignRotated" (``POOLER_TYPE``).
             canonical_box_size: s0 of Eqn. (1), pixels (``MODEL.ROI_HEADS.CANONICAL_BOX_SIZE``).
-            canonical_level: k0 of Eqn. (1); must be a level of the pyramid (``MODEL.ROI_HEADS.CANONICAL_LEVEL``).
+            canonical_level: k0 of Eqn. (1) (``MODEL.ROI_HEADS.CANONICAL_LEVEL``); a pyramid without
+                that level gets each RoI from the nearest level it has, as with Detectron2's pooler.
         """
         super().__init__()
         if isinstance(output_size, int):
             output_size = (output_size, output_size)
         if len(output_size) != 2 or not all(isinstance(s, int) and s > 0 for s in output_size):
-            raise ValueError(f"output_size (POOLER_RESOLUTION) = {output_size} must be a positive int or two of them.")
+            raise ValueError(
+                f"output_size (POOLER_RESOLUTION) = {output_size} must be a positive int or two of "
+                "them."
+            )
         self.output_size = tuple(output_size)
         if pooler_type not in POOLER_TYPES:
-            raise ValueError(f"pooler_type (POOLER_TYPE) = {pooler_type!r} is not supported; use one of {list(POOLER_TYPES)}.")
+            raise ValueError(
+                f"pooler_type (POOLER_TYPE) = {pooler_type!r} is not supported; use one of "
+                f"{list(POOLER_TYPES)}."
+            )
         if len(scales) == 0:
-            raise ValueError("scales is empty: give 1/stride of each pooled level (MODEL.ROI_HEADS.IN_FEATURES).")
+            raise ValueError(
+                "scales is empty: give 1/stride of each pooled level (MODEL.ROI_HEADS.IN_FEATURES)."
+            )
         levels = [-math.log2(s) for s in scales]
         if not all(math.isclose(k, round(k)) for k in levels):
             raise ValueError(f"scales {list(scales)} must be 1 / (a power of 2).")
         levels = [int(round(k)) for k in levels]
         if levels != list(range(levels[0], levels[0] + len(levels))):
             raise ValueError(
-                f"scales {list(scales)} (strides {[2**k for k in levels]}) do not form a pyramid whose strides "
-                "double level to level; list consecutive levels, finest first, in MODEL.ROI_HEADS.IN_FEATURES."
+                f"scales {list(scales)} (strides {[2**k for k in levels]}) do not form a pyramid "
+                "whose strides double level to level; list consecutive levels, finest first, in "
+                "MODEL.ROI_HEADS.IN_FEATURES."
             )
         self.min_level, self.max_level = levels[0], levels[-1]
-        if not self.min_level <= canonical_level <= self.max_level:
-            raise ValueError(
-                f"canonical_level (MODEL.ROI_HEADS.CANONICAL_LEVEL) = {canonical_level} is outside the pooled "
-                f"pyramid P{self.min_level}..P{self.max_level}; set it to a level in that range "
-                "(4, i.e. P4, for the paper's P2-P5)."
-            )
         if not canonical_box_size > 0:
-            raise ValueError(f"canonical_box_size (MODEL.ROI_HEADS.CANONICAL_BOX_SIZE) = {canonical_box_size} must be > 0.")
+            raise ValueError(
+                f"canonical_box_size (MODEL.ROI_HEADS.CANONICAL_BOX_SIZE) = {canonical_box_size} "
+                "must be > 0."
+            )
         self.canonical_box_size = float(canonical_box_size)  # float for TorchScript; same values
         self.canonical_level = canonical_level
         self.scales = [float(s) for s in scales]
@@ -111,10 +128,21 @@ class LevelMappingROIPooler(nn.Module):
         if pooler_type == "ROIPool":
             ops = [RoIPool(self.output_size, spatial_scale=s) for s in scales]
         elif pooler_type == "ROIAlignRotated":
-            ops = [ROIAlignRotated(self.output_size, spatial_scale=s, sampling_ratio=sampling_ratio) for s in scales]
+            ops = [
+                ROIAlignRotated(self.output_size, spatial_scale=s, sampling_ratio=sampling_ratio)
+                for s in scales
+            ]
         else:
             aligned = pooler_type == "ROIAlignV2"
-            ops = [ROIAlign(self.output_size, spatial_scale=s, sampling_ratio=sampling_ratio, aligned=aligned) for s in scales]
+            ops = [
+                ROIAlign(
+                    self.output_size,
+                    spatial_scale=s,
+                    sampling_ratio=sampling_ratio,
+                    aligned=aligned,
+                )
+                for s in scales
+            ]
         # Named like Detectron2's, so code that inspects `level_poolers` keeps working.
         self.level_poolers = nn.ModuleList(ops)
         # (M,) pyramid level k of each RoI of the last forward (for logging and visualisation,
@@ -130,25 +158,34 @@ class LevelMappingROIPooler(nn.Module):
             (M, C, PH, PW), M = total boxes, in ``box_lists`` order.
         """
         if not isinstance(x, (list, tuple)) or not isinstance(box_lists, (list, tuple)):
-            raise TypeError("LevelMappingROIPooler takes a list of feature maps and a list of Boxes.")
+            raise TypeError(
+                "LevelMappingROIPooler takes a list of feature maps and a list of Boxes."
+            )
         if len(x) != len(self.scales):
-            raise ValueError(f"got {len(x)} feature maps for a pooler built for {len(self.scales)} levels (scales {self.scales}).")
+            raise ValueError(
+                f"got {len(x)} feature maps for a pooler built for {len(self.scales)} levels "
+                f"(scales {self.scales})."
+            )
         if len(box_lists) != x[0].shape[0]:
-            raise ValueError(f"got {len(box_lists)} box lists for a batch of {x[0].shape[0]} images.")
+            raise ValueError(
+                f"got {len(box_lists)} box lists for a batch of {x[0].shape[0]} images."
+            )
         num_channels = x[0].shape[1]
         if len(box_lists) == 0:
             return x[0].new_zeros((0, num_channels) + self.output_size)
         # Detectron2's conversion: (M, 5) rows of (batch index, box); it also traces the per-image
         # box counts instead of freezing them, so exported models take any number of boxes.
         rois = convert_boxes_to_pooler_format(box_lists)
-        if len(self.scales) == 1:
-            levels = torch.zeros(rois.shape[0], dtype=torch.int64, device=rois.device)
-        else:
-            levels = assign_boxes_to_levels(
-                box_lists, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
-            )
+        levels = assign_boxes_to_levels(
+            box_lists, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
+        )
+        # A box with a non-finite coordinate (a diverged box regression, say) pools to zeros, as
+        # Detectron2's pooler does for NaN boxes, rather than reaching the RoI op, which fails on
+        # inf.
+        finite = torch.isfinite(rois[:, 1:]).all(dim=1)
+        levels = torch.where(finite, levels, torch.zeros_like(levels))
         self.last_levels = levels + self.min_level
-        return self.pool(x, rois, levels)
+        return self.pool(x, rois, torch.where(finite, levels, torch.full_like(levels, -1)))
 
     def pool(self, x: List[torch.Tensor], rois: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
         """Each RoI pooled from its level by that level's RoI op.
@@ -156,12 +193,10 @@ class LevelMappingROIPooler(nn.Module):
         Args:
             x: the pooled levels, (N, C, H_l, W_l) each.
             rois: (M, 5) rows of (batch index, box in input-image pixels).
-            levels: (M,) int64 level index of each RoI, in [0, len(x)).
+            levels: (M,) int64 level index of each RoI, in [0, len(x)); -1 for zeros (not pooled).
         Returns:
             (M, C, PH, PW).
         """
-        if len(self.scales) == 1:
-            return self.level_poolers[0](x[0], rois)
         output = x[0].new_zeros((rois.shape[0], x[0].shape[1]) + self.output_size)
         for level, pooler in enumerate(self.level_poolers):
             inds = nonzero_tuple(levels == level)[0]  # scriptable torch.nonzero(as_tuple=True)

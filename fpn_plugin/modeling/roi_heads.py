@@ -3,14 +3,18 @@
 The box head (and the mask and keypoint heads, when enabled) are Detectron2's own and are shared
 by all levels (paper, Sec. 4.2); only the poolers are replaced by :class:`LevelMappingROIPooler`.
 """
+
 from typing import Dict, List, Optional
 
 import torch
 
+from detectron2.config import configurable
+from detectron2.layers import shapes_to_tensor
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.structures import ImageList, Instances
 from detectron2.utils.events import get_event_storage, has_event_storage
 
+from ..config import plugin_key
 from .pooler import LevelMappingROIPooler
 
 __all__ = ["LevelMappingROIHeads"]
@@ -24,14 +28,29 @@ class LevelMappingROIHeads(StandardROIHeads):
     """Detectron2's ``StandardROIHeads`` with level-mapping poolers.
 
     Adds two things: in training, the fraction of box RoIs pooled from each level is written to
-    the event storage as ``roi_levels/p<k>``; in inference, each detection carries
-    ``pred_levels``, the level its RoI was pooled from.
+    the event storage as ``roi_levels/p<k>``; in inference, with ``pred_levels``, each detection
+    carries ``pred_levels``, the level its RoI was pooled from. Without it the outputs have exactly
+    Detectron2's fields, which its tools and its TorchScript recipe (``scripting_with_instances``
+    with the usual fields) expect.
     """
 
     # Constants for TorchScript, so that the code of disabled heads is compiled away (Detectron2
     # annotates StandardROIHeads so at export time; subclasses need their own annotations).
     mask_on: torch.jit.Final[bool]
     keypoint_on: torch.jit.Final[bool]
+    pred_levels: torch.jit.Final[bool]
+
+    @configurable
+    def __init__(self, *, pred_levels: bool = False, **kwargs):
+        """
+        Args:
+            pred_levels: record each detection's pyramid level as ``pred_levels`` (2 for P2, ...)
+                (``MODEL.ROI_HEADS.PRED_LEVELS``).
+            kwargs: ``StandardROIHeads``'s arguments; the poolers are level-mapping ones when built
+                from a config.
+        """
+        super().__init__(**kwargs)
+        self.pred_levels = pred_levels
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -53,11 +72,12 @@ class LevelMappingROIHeads(StandardROIHeads):
                     scales=scales,
                     sampling_ratio=head_cfg.POOLER_SAMPLING_RATIO,
                     pooler_type=head_cfg.POOLER_TYPE,
-                    canonical_box_size=cfg.MODEL.ROI_HEADS.CANONICAL_BOX_SIZE,
-                    canonical_level=cfg.MODEL.ROI_HEADS.CANONICAL_LEVEL,
+                    canonical_box_size=plugin_key(cfg, "MODEL.ROI_HEADS.CANONICAL_BOX_SIZE"),
+                    canonical_level=plugin_key(cfg, "MODEL.ROI_HEADS.CANONICAL_LEVEL"),
                 )
         ret = super().from_config(cfg, input_shape)
         ret.update(poolers)
+        ret["pred_levels"] = plugin_key(cfg, "MODEL.ROI_HEADS.PRED_LEVELS")
         return ret
 
     def forward(
@@ -69,10 +89,14 @@ class LevelMappingROIHeads(StandardROIHeads):
     ):
         if self.training:
             results = super().forward(images, features, proposals, targets)
-            levels = getattr(self.box_pooler, "last_levels", None)  # None for a pooler passed in by hand
+            levels = getattr(
+                self.box_pooler, "last_levels", None
+            )  # None for a pooler passed in by hand
             if levels is not None and levels.numel() and has_event_storage():
                 storage = get_event_storage()
-                fractions = torch.bincount(levels - self.box_pooler.min_level, minlength=len(self.box_pooler.scales))
+                fractions = torch.bincount(
+                    levels - self.box_pooler.min_level, minlength=len(self.box_pooler.scales)
+                )
                 fractions = (fractions.float() / levels.numel()).tolist()
                 for k, frac in enumerate(fractions, start=self.box_pooler.min_level):
                     # No median smoothing: the logged fractions are one iteration's, and sum to 1.
@@ -88,19 +112,22 @@ class LevelMappingROIHeads(StandardROIHeads):
             return super()._forward_box(features, proposals)
         # Inference as in StandardROIHeads, keeping the proposal index of each detection
         # to record which level it was pooled from.
-        box_features = self.box_pooler([features[f] for f in self.box_in_features], [x.proposal_boxes for x in proposals])
+        box_features = self.box_pooler(
+            [features[f] for f in self.box_in_features], [x.proposal_boxes for x in proposals]
+        )
         predictions = self.box_predictor(self.box_head(box_features))
         pred_instances, kept = self.box_predictor.inference(predictions, proposals)
+        if not self.pred_levels:
+            return pred_instances
         if torch.jit.is_scripting():
             levels = self.box_pooler.last_levels
         else:
             levels = getattr(self.box_pooler, "last_levels", None)
         if levels is not None:
-            if len(proposals) == 1:
-                # No split: under tracing its sizes would be frozen to the traced image's.
-                per_image = [levels]
-            else:
-                per_image = levels.split([len(p) for p in proposals])
-            for inst, keep, lv in zip(pred_instances, kept, per_image):
-                inst.pred_levels = lv[keep]
+            # Each image's first RoI among all RoIs; sizes as tensors, so that a traced model
+            # takes other numbers of proposals per image than the traced batch had.
+            sizes = shapes_to_tensor([p.__len__() for p in proposals], device=levels.device)
+            starts = torch.cumsum(sizes, 0) - sizes
+            for i, (inst, keep) in enumerate(zip(pred_instances, kept)):
+                inst.pred_levels = levels[keep + starts[i]]
         return pred_instances

@@ -7,6 +7,7 @@ ReLU keeps non-negative and the normalisation keeps (up to eps) summing to one, 
 stays on the scale of the inputs; the paper uses it instead of a softmax because it is cheaper
 and about as accurate.
 """
+
 from typing import List, Optional, Sequence
 
 import torch
@@ -28,7 +29,9 @@ class FastNormalizedFusion(nn.Module):
         """
         super().__init__()
         if num_inputs < 2:
-            raise ValueError(f"FastNormalizedFusion needs num_inputs >= 2 maps to fuse, got {num_inputs}.")
+            raise ValueError(
+                f"FastNormalizedFusion needs num_inputs >= 2 maps to fuse, got {num_inputs}."
+            )
         if not eps > 0:
             raise ValueError(f"MODEL.PAFPN.FUSION_EPS = {eps!r} must be > 0 (the paper uses 1e-4).")
         self.eps = float(eps)
@@ -36,7 +39,8 @@ class FastNormalizedFusion(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_inputs))
 
     def normalized_weights(self) -> torch.Tensor:
-        """(num_inputs,) the weights actually applied: ReLU(w) / (eps + sum ReLU(w)), each in [0, 1)."""
+        """(num_inputs,) the weights actually applied: ReLU(w) / (eps + sum ReLU(w)),
+        each in [0, 1)."""
         w = F.relu(self.weight)
         return w / (self.eps + w.sum())
 
@@ -48,7 +52,10 @@ class FastNormalizedFusion(nn.Module):
             their weighted sum, same shape.
         """
         if len(inputs) != self.weight.numel():
-            raise ValueError(f"FastNormalizedFusion was built for {self.weight.numel()} inputs, got {len(inputs)}.")
+            raise ValueError(
+                f"FastNormalizedFusion was built for {self.weight.numel()} inputs, got "
+                f"{len(inputs)}."
+            )
         w = self.normalized_weights()
         out = inputs[0] * w[0]
         for i in range(1, len(inputs)):
@@ -61,7 +68,8 @@ class FastNormalizedFusion(nn.Module):
 
 class WeightedTopDownMerge(FastNormalizedFusion):
     """A top-down node with fast normalized fusion: the coarser map upsampled x2, fused with the
-    lateral map by two learned weights. Called like :class:`~fpn_plugin.modeling.neck.TopDownMerge`."""
+    lateral map by two learned weights. Called like
+    :class:`~fpn_plugin.modeling.neck.TopDownMerge`."""
 
     def __init__(self, upsample: str = "nearest", eps: float = 1e-4):
         """
@@ -72,7 +80,9 @@ class WeightedTopDownMerge(FastNormalizedFusion):
         super().__init__(2, eps)
         self.upsample = upsample
 
-    def forward(self, lateral: Optional[torch.Tensor], coarser: torch.Tensor, size: List[int]) -> torch.Tensor:
+    def forward(
+        self, lateral: Optional[torch.Tensor], coarser: torch.Tensor, size: List[int]
+    ) -> torch.Tensor:
         """(N, D, H, W) lateral map, (N, D, ~H/2, ~W/2) coarser map, [H, W] -> (N, D, H, W)."""
         assert lateral is not None, "a weighted top-down node fuses two maps"
         return super().forward([lateral, F.interpolate(coarser, size=size, mode=self.upsample)])

@@ -1,4 +1,5 @@
 """fpn_plugin.accel.accelerate: one entry point, on the plugin's models and on Detectron2's own."""
+
 import copy
 import pickle
 
@@ -14,12 +15,15 @@ from fpn_plugin.accel import AccelOptions, accelerate, plain_class, remove_strat
 from fpn_plugin.accel.anchor_cache import AnchorCache
 from fpn_plugin.accel.blocked_layout import BlockedLayoutNeck
 from fpn_plugin.accel.multilevel_pooler import MultiLevelROIAlign
+from fpn_plugin.accel.parallel_pooler import ParallelROIAlign
 from fpn_plugin.benchmark.workload import make_trained_like
 from fpn_plugin.config import RENAMED_KEYS
 from fpn_plugin.export import export_scripting, run_scripted
 from tests.conftest import d2_cfg, plugin_cfg
 
-ALL_ON = AccelOptions(channels_last=True, autocast_dtype="bfloat16", fold_frozen_bn=True, roi_align="embedding_bag")
+ALL_ON = AccelOptions(
+    channels_last=True, autocast_dtype="bfloat16", fold_frozen_bn=True, roi_align="embedding_bag"
+)
 
 
 def _inputs(h=320, w=448, seed=0):
@@ -42,11 +46,12 @@ def detectron2_model():
     return model
 
 
-def test_detectron2s_own_model_bit_identical_strategies(detectron2_model):
+def test_detectron2s_own_model_default_strategies_are_bit_identical(detectron2_model):
     inputs = _inputs()
     ref = _detections(detectron2_model, inputs)
-    fast = accelerate(copy.deepcopy(detectron2_model), AccelOptions(roi_align="per_level"))
+    fast = accelerate(copy.deepcopy(detectron2_model))  # the default options
     assert isinstance(fast.backbone, FPN) and isinstance(fast.backbone, BlockedLayoutNeck)
+    assert isinstance(fast.roi_heads.box_pooler, ParallelROIAlign)
     assert isinstance(fast.proposal_generator.anchor_generator, DefaultAnchorGenerator)
     assert isinstance(fast.proposal_generator.anchor_generator, AnchorCache)
     got = _detections(fast, inputs)
@@ -99,25 +104,34 @@ def test_disabled_leaves_the_plain_model_and_twice_is_once():
 
 def test_copy_pickle_and_scripting_keep_working():
     plain = _tiny_model()
-    model = accelerate(copy.deepcopy(plain), AccelOptions(fold_frozen_bn=True, roi_align="embedding_bag"))
+    model = accelerate(
+        copy.deepcopy(plain), AccelOptions(fold_frozen_bn=True, roi_align="embedding_bag")
+    )
     inputs = _inputs(256, 256)
     ref = _detections(model, inputs)
     for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
-        assert [strategies_of(m) for m in clone.modules()] == [strategies_of(m) for m in model.modules()]
+        assert [strategies_of(m) for m in clone.modules()] == [
+            strategies_of(m) for m in model.modules()
+        ]
         for a, b in zip(ref, _detections(clone, inputs)):
             assert torch.equal(a, b)
     # TorchScript compiles the plain classes; the eager model keeps its strategies.
     scripted = export_scripting(model)
     out = run_scripted(scripted, inputs[0]["image"])
     plain_out = plain.inference(inputs, do_postprocess=False)[0]
-    torch.testing.assert_close(getattr(out["pred_boxes"], "tensor", out["pred_boxes"]), plain_out.pred_boxes.tensor)
+    torch.testing.assert_close(
+        getattr(out["pred_boxes"], "tensor", out["pred_boxes"]), plain_out.pred_boxes.tensor
+    )
     assert isinstance(model.roi_heads.box_pooler, MultiLevelROIAlign)
 
 
 def test_old_config_keys_keep_working(tmp_path):
     old = {
-        "MODEL.FPN.CHANNELS_LAST": True, "MODEL.FPN.AUTOCAST_DTYPE": "bfloat16", "MODEL.FPN.FOLD_FROZEN_BN": True,
-        "MODEL.FPN.CPU_BLOCKED_LAYOUT": False, "MODEL.ANCHOR_GENERATOR.CACHE_SIZE": 3,
+        "MODEL.FPN.CHANNELS_LAST": True,
+        "MODEL.FPN.AUTOCAST_DTYPE": "bfloat16",
+        "MODEL.FPN.FOLD_FROZEN_BN": True,
+        "MODEL.FPN.CPU_BLOCKED_LAYOUT": False,
+        "MODEL.ANCHOR_GENERATOR.CACHE_SIZE": 3,
     }
     assert set(old) | {"MODEL.FPN.PATH_AUGMENTATION", "MODEL.FPN.FUSION_EPS"} == set(RENAMED_KEYS)
     tree = {"MODEL": {}}
@@ -130,12 +144,18 @@ def test_old_config_keys_keep_working(tmp_path):
     cfg.merge_from_file(str(path))  # a user's YAML of the previous release still loads
     with pytest.warns(FutureWarning) as record:
         options = AccelOptions.from_config(cfg)
-    assert (options.channels_last, options.autocast_dtype, options.fold_frozen_bn) == (True, "bfloat16", True)
+    assert (options.channels_last, options.autocast_dtype, options.fold_frozen_bn) == (
+        True,
+        "bfloat16",
+        True,
+    )
     assert (options.cpu_blocked_layout, options.anchor_cache_size) == (False, 3)
     for key in old:
         assert any(RENAMED_KEYS[key] in str(w.message) for w in record), key
     cfg.MODEL.ACCEL.ANCHOR_CACHE_SIZE = 7  # both names, two values: which one is meant?
-    with pytest.raises(ValueError, match="MODEL.ANCHOR_GENERATOR.CACHE_SIZE.*MODEL.ACCEL.ANCHOR_CACHE_SIZE"):
+    with pytest.raises(
+        ValueError, match="MODEL.ANCHOR_GENERATOR.CACHE_SIZE.*MODEL.ACCEL.ANCHOR_CACHE_SIZE"
+    ):
         AccelOptions.from_config(cfg)
 
 
@@ -150,7 +170,10 @@ def test_old_pafpn_keys_keep_working():
 
 
 def test_bad_options_name_the_key():
-    for kwargs, key in ((dict(roi_align="fastest"), "MODEL.ACCEL.ROI_ALIGN"), (dict(autocast_dtype="int8"), "MODEL.ACCEL.AUTOCAST_DTYPE")):
+    for kwargs, key in (
+        (dict(roi_align="fastest"), "MODEL.ACCEL.ROI_ALIGN"),
+        (dict(autocast_dtype="int8"), "MODEL.ACCEL.AUTOCAST_DTYPE"),
+    ):
         with pytest.raises(ValueError, match=key):
             AccelOptions(**kwargs)
     cfg = d2_cfg()  # Detectron2's config, without the plugin's keys

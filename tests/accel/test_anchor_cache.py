@@ -1,4 +1,6 @@
-"""MODEL.ACCEL.ANCHOR_CACHE_SIZE: anchor grids kept between calls (the plugin's and Detectron2's generators)."""
+"""MODEL.ACCEL.ANCHOR_CACHE_SIZE: anchor grids kept between calls (the plugin's and Detectron2's
+generators)."""
+
 import pytest
 import torch
 
@@ -48,7 +50,10 @@ def test_grids_are_cached_and_cache_is_bounded():
 
 
 def test_cache_off_and_dtype_change():
-    gen = accelerate(SharedAnchorGenerator(sizes=[[32]], aspect_ratios=[1.0], strides=[4]), AccelOptions(anchor_cache_size=0))
+    gen = accelerate(
+        SharedAnchorGenerator(sizes=[[32]], aspect_ratios=[1.0], strides=[4]),
+        AccelOptions(anchor_cache_size=0),
+    )
     assert not isinstance(gen, AnchorCache)
     f = [torch.zeros(1, 1, 5, 5)]
     assert gen(f)[0].tensor is not gen(f)[0].tensor

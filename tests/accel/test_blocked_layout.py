@@ -1,4 +1,6 @@
-"""oneDNN blocked-layout CPU inference (MODEL.ACCEL.CPU_BLOCKED_LAYOUT): bit-identical to the NCHW path."""
+"""oneDNN blocked-layout CPU inference (MODEL.ACCEL.CPU_BLOCKED_LAYOUT): bit-identical to the NCHW
+path."""
+
 import pytest
 import torch
 from torch import nn
@@ -108,8 +110,10 @@ def test_cached_weights_follow_load_state_dict(monkeypatch):
     x = torch.randn(1, 3, 128, 192) * 60
     _neck_outputs(neck, x, True, monkeypatch)  # fills the per-conv caches
     _realistic_statistics(neck, seed=1)
-    state = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() and k.endswith("weight") else v
-             for k, v in neck.state_dict().items()}
+    state = {
+        k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() and k.endswith("weight") else v
+        for k, v in neck.state_dict().items()
+    }
     neck.load_state_dict(state)
     dense = _neck_outputs(neck, x, False, monkeypatch)
     blocked = _neck_outputs(neck, x, True, monkeypatch)
@@ -160,7 +164,9 @@ def test_not_taken_where_it_does_not_apply(r50_neck, monkeypatch):
     assert not isinstance(accelerate(build_backbone(cfg), cfg), BlockedLayoutNeck)
 
 
-def test_a_callers_autocast_is_respected_and_does_not_spoil_the_self_check(r50_neck, monkeypatch, caplog):
+def test_a_callers_autocast_is_respected_and_does_not_spoil_the_self_check(
+    r50_neck, monkeypatch, caplog
+):
     """Inside ``torch.autocast("cpu", bfloat16)`` the neck runs the module path (its convolutions in
     bfloat16, as the caller asked), not the float32 blocked path; and a self-check first run inside
     such a region still compares float32 with float32 (before, it compared bfloat16 with float32,
@@ -170,7 +176,11 @@ def test_a_callers_autocast_is_respected_and_does_not_spoil_the_self_check(r50_n
     monkeypatch.setattr(blocked_module, "_bottom_up_returns_onednn", counter)
     blocked_layout_matches.cache_clear()
     try:
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), caplog.at_level("WARNING"):
+        with (
+            torch.no_grad(),
+            torch.autocast("cpu", dtype=torch.bfloat16),
+            caplog.at_level("WARNING"),
+        ):
             assert blocked_layout_matches() and blocked_layout_matches(folded=True)
             assert not r50_neck.takes_blocked_path(x)
             features = r50_neck(x)
@@ -183,8 +193,8 @@ def test_a_callers_autocast_is_respected_and_does_not_spoil_the_self_check(r50_n
 
 
 def test_folded_r50_neck_is_bit_identical_to_folded_nchw(r50_neck, monkeypatch):
-    # MODEL.ACCEL.FOLD_FROZEN_BN: the blocked path convolves with the module's own folded weights and
-    # bias, so it equals the folded NCHW path bit for bit, runs no batch-norm pass, and stays
+    # MODEL.ACCEL.FOLD_FROZEN_BN: the blocked path convolves with the module's own folded weights
+    # and bias, so it equals the folded NCHW path bit for bit, runs no batch-norm pass, and stays
     # within float rounding of the unfolded (Detectron2) features.
     cfg = plugin_cfg()
     cfg.MODEL.ACCEL.FOLD_FROZEN_BN = True

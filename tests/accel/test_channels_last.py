@@ -1,4 +1,6 @@
-"""MODEL.ACCEL.CHANNELS_LAST: the backbone in NHWC memory layout, equal to NCHW to float rounding."""
+"""MODEL.ACCEL.CHANNELS_LAST: the backbone in NHWC memory layout, equal to NCHW to float
+rounding."""
+
 import torch
 
 from detectron2.modeling import build_model
@@ -10,8 +12,8 @@ from tests.modeling.test_path_aggregation import _pa_neck
 
 
 def test_channels_last_option_same_features_to_rounding(r50_pair):
-    """MODEL.ACCEL.CHANNELS_LAST (opt-in) runs the bottom-up and the neck in NHWC: same parameters, and
-    features equal up to float32 rounding. NHWC convolutions sum in another order, so near-tied
+    """MODEL.ACCEL.CHANNELS_LAST (opt-in) runs the bottom-up and the neck in NHWC: same parameters,
+    and features equal up to float32 rounding. NHWC convolutions sum in another order, so near-tied
     proposals can swap places in the ranking (the same boxes, another order): outputs are not
     equal element by element to 1e-4, which is why the option is off by default."""
     ref, ours, _ = r50_pair

@@ -1,4 +1,5 @@
 """fpn_plugin/accel/cpu_allocator.py: the tools keep freed CPU memory for reuse (glibc malloc)."""
+
 import json
 import os
 import platform
@@ -39,14 +40,23 @@ _ROUNDS = textwrap.dedent(
 
 
 def env_without_allocator_settings(environ) -> dict:
-    """A copy of ``environ`` without the user's allocator settings, which keep_freed_cpu_memory respects."""
-    return {k: v for k, v in environ.items() if k not in ("LD_PRELOAD", "GLIBC_TUNABLES") and not k.startswith("MALLOC_")}
+    """A copy of ``environ`` without the user's allocator settings, which keep_freed_cpu_memory
+    respects."""
+    return {
+        k: v
+        for k, v in environ.items()
+        if k not in ("LD_PRELOAD", "GLIBC_TUNABLES") and not k.startswith("MALLOC_")
+    }
 
 
 def _rounds(keep: bool):
     env = dict(env_without_allocator_settings(os.environ), OMP_NUM_THREADS="2")
     proc = subprocess.run(
-        [sys.executable, "-c", _ROUNDS.format(repo=REPO, keep=keep)], env=env, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", _ROUNDS.format(repo=REPO, keep=keep)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -62,7 +72,9 @@ def test_kept_memory_is_reused_without_page_faults():
     assert "keeps freed blocks" in kept["message"]
     # Kept: the first round faults its pages in (the second sometimes one more block, as glibc's
     # free lists settle); from the third on the rounds reuse them.
-    assert kept["faults"][0] >= map_pages and sum(kept["faults"][2:]) < map_pages // 10, kept["faults"]
+    assert kept["faults"][0] >= map_pages and sum(kept["faults"][2:]) < map_pages // 10, kept[
+        "faults"
+    ]
 
 
 class _FakeLibc:
@@ -80,12 +92,18 @@ def on_glibc(monkeypatch):
     monkeypatch.setattr(cpu_allocator.platform, "libc_ver", lambda: ("glibc", "2.36"))
 
 
-@pytest.mark.parametrize("environ, named", [
-    ({"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"}, "libtcmalloc_minimal"),
-    ({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}, "libjemalloc"),
-    ({"MALLOC_MMAP_THRESHOLD_": "131072"}, "MALLOC_MMAP_THRESHOLD_=131072"),
-    ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}, "glibc.malloc.trim_threshold=0"),
-])
+@pytest.mark.parametrize(
+    "environ, named",
+    [
+        (
+            {"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"},
+            "libtcmalloc_minimal",
+        ),
+        ({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}, "libjemalloc"),
+        ({"MALLOC_MMAP_THRESHOLD_": "131072"}, "MALLOC_MMAP_THRESHOLD_=131072"),
+        ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}, "glibc.malloc.trim_threshold=0"),
+    ],
+)
 def test_the_users_allocator_settings_are_left_alone(on_glibc, environ, named):
     libc = _FakeLibc(1)
     message = keep_freed_cpu_memory(environ=environ, libc=libc)
@@ -94,7 +112,11 @@ def test_the_users_allocator_settings_are_left_alone(on_glibc, environ, named):
 
 
 def test_settings_that_are_not_the_allocators_do_not_count(on_glibc):
-    environ = {"LD_PRELOAD": "/usr/lib/libfoo.so", "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX512F", "PATH": "/bin"}
+    environ = {
+        "LD_PRELOAD": "/usr/lib/libfoo.so",
+        "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX512F",
+        "PATH": "/bin",
+    }
     assert allocator_choice(environ) is None
     libc = _FakeLibc(1)
     message = keep_freed_cpu_memory(environ=environ, libc=libc)

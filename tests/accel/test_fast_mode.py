@@ -1,9 +1,11 @@
-"""Opt-in inference fast mode: MODEL.ACCEL.AUTOCAST_DTYPE (mixed precision) with MODEL.ACCEL.CHANNELS_LAST.
+"""Opt-in inference fast mode: MODEL.ACCEL.AUTOCAST_DTYPE (mixed precision) with
+MODEL.ACCEL.CHANNELS_LAST.
 
 On CPU, bfloat16 autocast stands in for the GPU's float16: the same code path, checked for
 being applied (convolutions run in the low precision in eval, not in training), float32 outputs,
 and closeness to the float32 model with the same weights.
 """
+
 import pytest
 import torch
 
@@ -31,7 +33,9 @@ def test_bfloat16_fast_mode_is_applied_and_close_to_float32():
     image = torch.rand(3, 256, 256, generator=g) * 255
     inputs = [{"image": image, "height": 256, "width": 256}]
     seen = []
-    hook = fast.backbone.bottom_up.stem.conv1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    hook = fast.backbone.bottom_up.stem.conv1.register_forward_hook(
+        lambda m, i, o: seen.append(o.dtype)
+    )
     with torch.no_grad():
         images = ref.preprocess_image(inputs)
         f_ref = ref.backbone(images.tensor)
@@ -46,7 +50,11 @@ def test_bfloat16_fast_mode_is_applied_and_close_to_float32():
         # bfloat16 keeps 8 significant bits (relative rounding 2**-9, ~2e-3 per op): a few layers
         # deep the features agree to a few per cent of their scale, and are not identical.
         assert 0 < diff <= 0.05 * scale, (k, diff.item(), scale.item())
-    assert len(out) > 0 and torch.isfinite(out.pred_boxes.tensor).all() and torch.isfinite(out.scores).all()
+    assert (
+        len(out) > 0
+        and torch.isfinite(out.pred_boxes.tensor).all()
+        and torch.isfinite(out.scores).all()
+    )
 
     # Training is float32 (training mixed precision is SOLVER.AMP.ENABLED, Detectron2's AMPTrainer).
     seen.clear()

@@ -1,4 +1,6 @@
-"""MODEL.ACCEL.FOLD_FROZEN_BN: FrozenBatchNorm folded into the convolutions in eval, state_dict untouched."""
+"""MODEL.ACCEL.FOLD_FROZEN_BN: FrozenBatchNorm folded into the convolutions in eval, state_dict
+untouched."""
+
 import torch
 
 from detectron2.layers import FrozenBatchNorm2d
@@ -10,7 +12,8 @@ from tests.conftest import plugin_cfg
 
 
 def _randomize_frozen_bn(model, seed):
-    """Statistics like a trained model's (a fresh FrozenBN is the identity, which any folding passes)."""
+    """Statistics like a trained model's (a fresh FrozenBN is the identity, which any folding
+    passes)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
@@ -35,7 +38,9 @@ def test_folded_backbone_equals_unfolded_and_keeps_state_dict():
     plain = _tiny(False).eval()
     _randomize_frozen_bn(plain, 1)
     folded = _tiny(True).eval()
-    assert sum(isinstance(m, FoldedFrozenBN) for m in folded.modules()) == 12  # stem, 4 blocks x 2, 3 projection shortcuts
+    assert (
+        sum(isinstance(m, FoldedFrozenBN) for m in folded.modules()) == 12
+    )  # stem, 4 blocks x 2, 3 projection shortcuts
     state = plain.state_dict()
     folded.load_state_dict(state, strict=True)
     assert folded.state_dict().keys() == state.keys()

@@ -1,4 +1,6 @@
-"""MODEL.ACCEL.ROI_ALIGN: every level pooled in one embedding-bag call, equal to the RoI ops to float rounding."""
+"""MODEL.ACCEL.ROI_ALIGN: every level pooled in one embedding-bag call, equal to the RoI ops to
+float rounding."""
+
 import copy
 
 import pytest
@@ -15,9 +17,12 @@ from fpn_plugin.benchmark.workload import random_boxes
 from tests.modeling.test_pooler import DEGENERATE_BOXES, SCALES, _boundary_boxes, _features
 
 
-def fast_pooler(*args, mode="embedding_bag", reuse_workspace=True, **kwargs):
-    """A LevelMappingROIPooler with the vectorised strategy, applied through the public entry point."""
-    pooler = accelerate(LevelMappingROIPooler(*args, **kwargs), AccelOptions(roi_align=mode))
+def fast_pooler(*args, reuse_workspace=True, **kwargs):
+    """A LevelMappingROIPooler with the vectorised strategy, applied through the public entry
+    point."""
+    pooler = accelerate(
+        LevelMappingROIPooler(*args, **kwargs), AccelOptions(roi_align="embedding_bag")
+    )
     assert isinstance(pooler, MultiLevelROIAlign)
     pooler.reuse_workspace = reuse_workspace
     return pooler
@@ -25,18 +30,26 @@ def fast_pooler(*args, mode="embedding_bag", reuse_workspace=True, **kwargs):
 
 @pytest.mark.parametrize("pooler_type", ["ROIAlignV2", "ROIAlign"])
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
-@pytest.mark.parametrize("mode", ["auto", "embedding_bag"])
-def test_pooled_features_equal_detectron2(pooler_type, sampling_ratio, mode):
+def test_pooled_features_equal_detectron2(pooler_type, sampling_ratio):
     g = torch.Generator().manual_seed(1)
     feats = _features(generator=g)
     boxes = [
-        Boxes(torch.cat([_boundary_boxes().clamp(max=223), random_boxes(150, 224, 320, g, 2.0, 320.0)])),
+        Boxes(
+            torch.cat(
+                [_boundary_boxes().clamp(max=223), random_boxes(150, 224, 320, g, 2.0, 320.0)]
+            )
+        ),
         Boxes(random_boxes(120, 224, 320, g, 2.0, 320.0)),
     ]
     for output_size in (7, (14, 14)):
-        args = dict(output_size=output_size, scales=SCALES, sampling_ratio=sampling_ratio, pooler_type=pooler_type)
+        args = dict(
+            output_size=output_size,
+            scales=SCALES,
+            sampling_ratio=sampling_ratio,
+            pooler_type=pooler_type,
+        )
         ref = ROIPooler(**args)(feats, boxes)
-        pooler = fast_pooler(**args, mode=mode)
+        pooler = fast_pooler(**args)
         assert pooler.pools_in_one_call(feats[0])
         ours = pooler(feats, boxes)
         assert ours.shape == ref.shape
@@ -44,19 +57,28 @@ def test_pooled_features_equal_detectron2(pooler_type, sampling_ratio, mode):
 
 
 def test_roipool_and_per_level_are_left_to_the_roi_ops():
-    assert not isinstance(accelerate(LevelMappingROIPooler(7, SCALES, 0, "ROIPool")), MultiLevelROIAlign)
-    pooler = accelerate(LevelMappingROIPooler(7, SCALES, 0, "ROIAlignV2"), AccelOptions(roi_align="per_level"))
-    assert not isinstance(pooler, MultiLevelROIAlign)
+    options = AccelOptions(roi_align="embedding_bag")
+    assert not isinstance(
+        accelerate(LevelMappingROIPooler(7, SCALES, 0, "ROIPool"), options), MultiLevelROIAlign
+    )
+    for mode in ("per_level", "parallel"):
+        pooler = accelerate(
+            LevelMappingROIPooler(7, SCALES, 0, "ROIAlignV2"), AccelOptions(roi_align=mode)
+        )
+        assert not isinstance(pooler, MultiLevelROIAlign), mode
 
 
 def test_real_sized_load_matches_detectron2():
-    """2 x 1000 RoIs on 256-channel P2-P5 of an 800 x 1216 image, adaptive sampling (the benchmark's case)."""
+    """2 x 1000 RoIs on 256-channel P2-P5 of an 800 x 1216 image, adaptive sampling (the benchmark's
+    case)."""
     g = torch.Generator().manual_seed(2)
     feats = [torch.randn(2, 256, 800 // s, 1216 // s, generator=g) for s in (4, 8, 16, 32)]
     boxes = [Boxes(random_boxes(1000, 800, 1216, g, 8.0, 900.0)) for _ in range(2)]
     args = dict(output_size=7, scales=SCALES, sampling_ratio=0, pooler_type="ROIAlignV2")
     pooler = fast_pooler(**args)
-    torch.testing.assert_close(pooler(feats, boxes), ROIPooler(**args)(feats, boxes), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        pooler(feats, boxes), ROIPooler(**args)(feats, boxes), rtol=1e-4, atol=1e-4
+    )
     counts = torch.bincount(pooler.last_levels, minlength=6)[2:]
     assert (counts > 0).all()  # every level got RoIs
 
@@ -75,12 +97,20 @@ def test_degenerate_boxes_give_finite_outputs():
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
 def test_backward_gradcheck(aligned, sampling_ratio):
     g = torch.Generator().manual_seed(3)
-    feats = [f.requires_grad_() for f in _features(n=1, c=2, height=32, width=32, generator=g, dtype=torch.float64)[:2]]
-    rois = torch.tensor([[0, 1.3, 2.2, 13.7, 9.1], [0, 4.0, 4.0, 30.0, 28.0], [0, 0.5, 0.5, 3.0, 2.0]], dtype=torch.float64)
+    feats = [
+        f.requires_grad_()
+        for f in _features(n=1, c=2, height=32, width=32, generator=g, dtype=torch.float64)[:2]
+    ]
+    rois = torch.tensor(
+        [[0, 1.3, 2.2, 13.7, 9.1], [0, 4.0, 4.0, 30.0, 28.0], [0, 0.5, 0.5, 3.0, 2.0]],
+        dtype=torch.float64,
+    )
     levels = torch.tensor([0, 1, 0])
 
     def fn(a, b):
-        return multilevel_roi_align([a, b], rois, levels, [0.25, 0.125], (3, 3), sampling_ratio, aligned)
+        return multilevel_roi_align(
+            [a, b], rois, levels, [0.25, 0.125], (3, 3), sampling_ratio, aligned
+        )
 
     assert torch.autograd.gradcheck(fn, feats, eps=1e-6, atol=1e-5)
 
@@ -88,7 +118,10 @@ def test_backward_gradcheck(aligned, sampling_ratio):
 def test_backward_matches_detectron2():
     g = torch.Generator().manual_seed(4)
     feats = _features(generator=g)
-    boxes = [Boxes(random_boxes(60, 224, 320, g, 4.0, 300.0)), Boxes(random_boxes(40, 224, 320, g, 4.0, 300.0))]
+    boxes = [
+        Boxes(random_boxes(60, 224, 320, g, 4.0, 300.0)),
+        Boxes(random_boxes(40, 224, 320, g, 4.0, 300.0)),
+    ]
     grads = []
     for pooler in (ROIPooler(7, SCALES, 0, "ROIAlignV2"), fast_pooler(7, SCALES, 0, "ROIAlignV2")):
         xs = [f.clone().requires_grad_() for f in feats]
@@ -104,16 +137,23 @@ def test_inference_in_chunks_matches_one_call_and_detectron2(monkeypatch):
 
     g = torch.Generator().manual_seed(6)
     feats = _features(generator=g)
-    boxes = [Boxes(random_boxes(101, 224, 320, g, 2.0, 320.0)), Boxes(random_boxes(50, 224, 320, g, 2.0, 320.0))]
+    boxes = [
+        Boxes(random_boxes(101, 224, 320, g, 2.0, 320.0)),
+        Boxes(random_boxes(50, 224, 320, g, 2.0, 320.0)),
+    ]
     pooler = fast_pooler(7, SCALES, 0, "ROIAlignV2")
     with torch.no_grad():
         one_chunk = pooler(feats, boxes)  # 151 RoIs of 16 x 49 floats: one chunk per group
         per_roi_bytes = 16 * 49 * 4
-        monkeypatch.setattr(roi_align, "_CHUNK_BYTES", 8 * per_roi_bytes)  # 8 RoIs per chunk, some partial
+        monkeypatch.setattr(
+            roi_align, "_CHUNK_BYTES", 8 * per_roi_bytes
+        )  # 8 RoIs per chunk, some partial
         chunked = pooler(feats, boxes)
         ref = ROIPooler(7, SCALES, 0, "ROIAlignV2")(feats, boxes)
     assert torch.equal(chunked, one_chunk)  # the same sums, RoI by RoI
-    with_grad = pooler([f.clone().requires_grad_() for f in feats], boxes)  # the training path: one call
+    with_grad = pooler(
+        [f.clone().requires_grad_() for f in feats], boxes
+    )  # the training path: one call
     assert torch.equal(chunked, with_grad.detach())
     torch.testing.assert_close(chunked, ref, rtol=1e-4, atol=1e-4)
 
@@ -142,7 +182,11 @@ def test_reused_workspace_gives_the_same_outputs_and_is_never_used_with_grad():
     fresh = fast_pooler(7, SCALES, 0, "ROIAlignV2", reuse_workspace=False)
     reused = fast_pooler(7, SCALES, 0, "ROIAlignV2")
     with torch.no_grad():
-        for height, width in ((224, 320), (160, 192), (256, 352)):  # smaller then larger than the kept table
+        for height, width in (
+            (224, 320),
+            (160, 192),
+            (256, 352),
+        ):  # smaller then larger than the kept table
             feats = _features(generator=g, height=height, width=width)
             boxes = [Boxes(random_boxes(80, height, width, g, 4.0, 300.0)) for _ in range(2)]
             a = reused(feats, boxes)
@@ -165,8 +209,8 @@ def test_reused_workspace_gives_the_same_outputs_and_is_never_used_with_grad():
 
 
 def test_detectron2s_pooler_is_replaced_by_its_equivalent():
-    """On Detectron2's own model (built without the plugin's names), its ROIPoolers become level-mapping
-    poolers with the strategy, giving the same pooled features to float rounding."""
+    """On Detectron2's own model (built without the plugin's names), its ROIPoolers become
+    level-mapping poolers with the strategy, giving the same pooled features to float rounding."""
     from torch import nn
 
     holder = nn.Module()
@@ -178,5 +222,25 @@ def test_detectron2s_pooler_is_replaced_by_its_equivalent():
     ref = {name: p(feats, boxes) for name, p in holder.named_children()}
     accelerate(holder, AccelOptions(roi_align="embedding_bag"))
     for name, pooler in holder.named_children():
-        assert isinstance(pooler, LevelMappingROIPooler) and isinstance(pooler, MultiLevelROIAlign), name
+        assert isinstance(pooler, LevelMappingROIPooler) and isinstance(
+            pooler, MultiLevelROIAlign
+        ), name
         torch.testing.assert_close(pooler(feats, boxes), ref[name], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["parallel", "embedding_bag"])
+def test_non_finite_boxes_pool_to_zeros(mode):
+    from tests.modeling.test_pooler import NON_FINITE_BOXES
+
+    g = torch.Generator().manual_seed(8)
+    feats = _features(generator=g)
+    good = random_boxes(5, 224, 320, g, 4.0, 300.0)
+    boxes = [Boxes(torch.cat([NON_FINITE_BOXES, good])), Boxes(good)]
+    pooler = accelerate(
+        LevelMappingROIPooler(7, SCALES, 0, "ROIAlignV2"), AccelOptions(roi_align=mode)
+    )
+    with torch.no_grad():
+        out = pooler(feats, boxes)
+    assert torch.equal(out[:4], torch.zeros_like(out[:4]))
+    ref = ROIPooler(7, SCALES, 0, "ROIAlignV2")(feats, [Boxes(good), Boxes(good)])
+    torch.testing.assert_close(out[4:], ref, rtol=1e-4, atol=1e-4)

@@ -1,4 +1,5 @@
 """CheckedDatasetMapper and data loading: bad images, bad boxes, empty images, image modes."""
+
 import json
 import logging
 
@@ -24,7 +25,13 @@ def _cfg():
 
 
 def _record(path, annotations, height=64, width=64):
-    return {"file_name": str(path), "image_id": 7, "height": height, "width": width, "annotations": annotations}
+    return {
+        "file_name": str(path),
+        "image_id": 7,
+        "height": height,
+        "width": width,
+        "annotations": annotations,
+    }
 
 
 def _ann(x0, y0, x1, y1):
@@ -34,7 +41,9 @@ def _ann(x0, y0, x1, y1):
 @pytest.fixture
 def image(tmp_path):
     path = tmp_path / "img.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+        path
+    )
     return path
 
 
@@ -64,12 +73,20 @@ def test_boxes_outside_are_clipped_and_zero_area_dropped_with_a_count(image, cap
         _ann(70, 70, 90, 90),  # entirely outside: dropped
     ]
     before = CheckedDatasetMapper.dropped_boxes
-    with caplog.at_level(logging.WARNING, logger="fpn_plugin.mapper"):
+    with caplog.at_level(logging.WARNING, logger="fpn_plugin.data.mapper"):
         out = mapper(_record(image, anns))
+        again = mapper(_record(image, anns))  # the next epoch: the same boxes, not counted again
     boxes = out["instances"].gt_boxes.tensor
     assert boxes.tolist() == [[0.0, 0.0, 20.0, 30.0], [50.0, 50.0, 64.0, 64.0]]
+    assert again["instances"].gt_boxes.tensor.tolist() == boxes.tolist()
     assert CheckedDatasetMapper.dropped_boxes - before == 3
-    assert any("dropped 3 zero-area or out-of-image box(es)" in r.getMessage() and str(image) in r.getMessage() for r in caplog.records)
+    warnings = [
+        r.getMessage() for r in caplog.records if "zero-area or out-of-image" in r.getMessage()
+    ]
+    assert len(warnings) == 1
+    assert (
+        "dropped 3 zero-area or out-of-image box(es)" in warnings[0] and str(image) in warnings[0]
+    )
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "RGB"])
@@ -84,10 +101,24 @@ def test_grayscale_rgba_and_palette_images(tmp_path, mode):
 
 
 @pytest.mark.parametrize("filter_empty, expected", [(True, 1), (False, 2)])
-def test_images_without_annotations_follow_filter_empty_annotations(tmp_path, image, filter_empty, expected):
+def test_images_without_annotations_follow_filter_empty_annotations(
+    tmp_path, image, filter_empty, expected
+):
     coco = {
-        "images": [{"id": 1, "file_name": "img.png", "height": 64, "width": 64}, {"id": 2, "file_name": "img.png", "height": 64, "width": 64}],
-        "annotations": [{"id": 1, "image_id": 1, "bbox": [1, 1, 20, 20], "area": 400, "iscrowd": 0, "category_id": 1}],
+        "images": [
+            {"id": 1, "file_name": "img.png", "height": 64, "width": 64},
+            {"id": 2, "file_name": "img.png", "height": 64, "width": 64},
+        ],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "bbox": [1, 1, 20, 20],
+                "area": 400,
+                "iscrowd": 0,
+                "category_id": 1,
+            }
+        ],
         "categories": [{"id": 1, "name": "thing"}],
     }
     json_file = tmp_path / "ann.json"

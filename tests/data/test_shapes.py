@@ -56,7 +56,9 @@ def _by_image(data):
 @pytest.fixture(scope="module")
 def shapes40(tmp_path_factory):
     """40 images at 512 px, the default size range."""
-    json_path = generate_shapes_dataset(str(tmp_path_factory.mktemp("shapes40")), "train", 40, seed=3, progress=False)
+    json_path = generate_shapes_dataset(
+        str(tmp_path_factory.mktemp("shapes40")), "train", 40, seed=3, progress=False
+    )
     return json_path, _load(json_path)
 
 
@@ -85,7 +87,10 @@ def test_same_seed_same_bytes_other_seed_other_data(tmp_path):
     names = sorted(os.listdir(_image_dir(a)))
     assert names == sorted(os.listdir(_image_dir(b))) and len(names) == 3
     for name in names:
-        with open(os.path.join(_image_dir(a), name), "rb") as fa, open(os.path.join(_image_dir(b), name), "rb") as fb:
+        with (
+            open(os.path.join(_image_dir(a), name), "rb") as fa,
+            open(os.path.join(_image_dir(b), name), "rb") as fb,
+        ):
             assert fa.read() == fb.read()
     data_a, data_c = _load(a), _load(c)
     assert data_a["annotations"] != data_c["annotations"]
@@ -103,7 +108,9 @@ def test_split_name_changes_data(tmp_path):
 
 def test_coco_format(shapes40):
     json_path, data = shapes40
-    assert [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])] == list(SHAPE_CLASSES)
+    assert [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])] == list(
+        SHAPE_CLASSES
+    )
     assert len(data["images"]) == 40
     assert len({img["id"] for img in data["images"]}) == 40
     assert len({ann["id"] for ann in data["annotations"]}) == len(data["annotations"])
@@ -118,7 +125,9 @@ def test_coco_format(shapes40):
         assert len(ann["segmentation"]) == 1 and len(ann["segmentation"][0]) % 2 == 0
     # Every class is used, and circles are fine polygons.
     assert {ann["category_id"] for ann in data["annotations"]} == {1, 2, 3, 4}
-    assert all(len(a["segmentation"][0]) >= 64 for a in data["annotations"] if a["category_id"] == 1)
+    assert all(
+        len(a["segmentation"][0]) >= 64 for a in data["annotations"] if a["category_id"] == 1
+    )
 
 
 def test_sizes_cover_all_coco_buckets(shapes40):
@@ -130,7 +139,11 @@ def test_sizes_cover_all_coco_buckets(shapes40):
     small, large = areas < 32**2, areas > 96**2
     assert small.sum() >= 5 and large.sum() >= 5 and (~small & ~large).sum() >= 5
     # Log-uniform: each of the 3 size decades-ish [8, 40), [40, 200), [200, 400] is populated.
-    assert (sizes < 40).sum() >= 20 and ((sizes >= 40) & (sizes < 200)).sum() >= 20 and (sizes >= 200).sum() >= 5
+    assert (
+        (sizes < 40).sum() >= 20
+        and ((sizes >= 40) & (sizes < 200)).sum() >= 20
+        and (sizes >= 200).sum() >= 5
+    )
 
 
 def test_boxes_inside_tight_and_disjoint(shapes40):
@@ -192,9 +205,15 @@ def _distance_to_outline(points, poly):
 
 
 def _extremes_ok(keypoints, poly, atol=0.011):
-    """True if (4, 2) continuous keypoints are the top, right, bottom, left extreme points of the polygon."""
+    """True if (4, 2) continuous keypoints are the top, right, bottom, left extreme points of the
+    polygon."""
     lo, hi = poly.min(axis=0), poly.max(axis=0)
-    expected = [keypoints[0, 1] - lo[1], keypoints[1, 0] - hi[0], keypoints[2, 1] - hi[1], keypoints[3, 0] - lo[0]]
+    expected = [
+        keypoints[0, 1] - lo[1],
+        keypoints[1, 0] - hi[0],
+        keypoints[2, 1] - hi[1],
+        keypoints[3, 0] - lo[0],
+    ]
     return np.abs(expected).max() <= atol and _distance_to_outline(keypoints, poly).max() <= atol
 
 
@@ -215,7 +234,8 @@ def test_keypoints_are_extreme_points_on_the_outline(shapes40):
 
 
 def test_keypoints_flip_with_the_image(tmp_path, clean_catalog):
-    """Detectron2's horizontal flip, with the registered flip map, gives the flipped shape's keypoints."""
+    """Detectron2's horizontal flip, with the registered flip map, gives the flipped shape's
+    keypoints."""
     from detectron2.data import detection_utils as utils
     from detectron2.data import transforms as T
 
@@ -232,7 +252,9 @@ def test_keypoints_flip_with_the_image(tmp_path, clean_catalog):
         for ann in d["annotations"]:
             poly = np.array(ann["segmentation"][0]).reshape(-1, 2)
             assert _extremes_ok(np.array(ann["keypoints"]).reshape(4, 3)[:, :2], poly)
-            flipped = utils.transform_instance_annotations(dict(ann), flip, (128, 128), keypoint_hflip_indices=flip_indices)
+            flipped = utils.transform_instance_annotations(
+                dict(ann), flip, (128, 128), keypoint_hflip_indices=flip_indices
+            )
             kp = np.array(flipped["keypoints"]).reshape(4, 3)
             assert (kp[:, 2] == 2).all()
             assert _extremes_ok(kp[:, :2], np.array(flipped["segmentation"][0]).reshape(-1, 2))
@@ -250,7 +272,9 @@ def _mtimes(json_path):
 
 
 def test_complete_dataset_is_not_rewritten(tmp_path, monkeypatch):
-    kwargs = dict(root=str(tmp_path), split="val", num_images=3, seed=1, image_size=96, progress=False)
+    kwargs = dict(
+        root=str(tmp_path), split="val", num_images=3, seed=1, image_size=96, progress=False
+    )
     json_path = generate_shapes_dataset(**kwargs)
     before = _mtimes(json_path)
 
@@ -265,7 +289,9 @@ def test_complete_dataset_is_not_rewritten(tmp_path, monkeypatch):
 
 
 def test_incomplete_or_different_dataset_is_regenerated(tmp_path):
-    kwargs = dict(root=str(tmp_path), split="train", num_images=3, seed=1, image_size=96, progress=False)
+    kwargs = dict(
+        root=str(tmp_path), split="train", num_images=3, seed=1, image_size=96, progress=False
+    )
     json_path = generate_shapes_dataset(**kwargs)
     with open(json_path, "rb") as f:
         reference = f.read()
@@ -285,7 +311,9 @@ def test_incomplete_or_different_dataset_is_regenerated(tmp_path):
 
 
 def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
-    kwargs = dict(root=str(tmp_path), split="train", num_images=4, seed=0, image_size=64, progress=False)
+    kwargs = dict(
+        root=str(tmp_path), split="train", num_images=4, seed=0, image_size=64, progress=False
+    )
     make_image = data_module._make_image
     calls = []
 
@@ -325,7 +353,9 @@ def test_foreign_folder_is_not_deleted(tmp_path):
         generate_shapes_dataset(str(tmp_path), "train", 1, seed=0, image_size=64, progress=False)
     assert (tmp_path / "train" / "my_notes.txt").read_text() == "mine"
     # A COCO folder of one's own with the same layout is not ours either.
-    json_path = generate_shapes_dataset(str(tmp_path / "gen"), "val", 1, seed=0, image_size=64, progress=False)
+    json_path = generate_shapes_dataset(
+        str(tmp_path / "gen"), "val", 1, seed=0, image_size=64, progress=False
+    )
     data = _load(json_path)
     del data["info"]
     (tmp_path / "val" / "images").mkdir(parents=True)
@@ -348,7 +378,9 @@ def test_invalid_arguments(tmp_path):
     with pytest.raises(ValueError):
         generate_shapes_dataset(str(tmp_path), "train", 0, seed=0, progress=False)
     with pytest.raises(ValueError):
-        generate_shapes_dataset(str(tmp_path), "train", 1, seed=0, min_size=50, max_size=10, progress=False)
+        generate_shapes_dataset(
+            str(tmp_path), "train", 1, seed=0, min_size=50, max_size=10, progress=False
+        )
 
 
 # --- Registration --------------------------------------------------------------------------------
@@ -399,7 +431,9 @@ def test_register_shapes_again_with_other_settings_replaces(tmp_path, clean_cata
 
 def test_register_coco_folder(tmp_path, clean_catalog):
     clean_catalog += ["test_data_coco_folder"]
-    json_path = generate_shapes_dataset(str(tmp_path), "val", 2, seed=0, image_size=64, progress=False)
+    json_path = generate_shapes_dataset(
+        str(tmp_path), "val", 2, seed=0, image_size=64, progress=False
+    )
     register_coco_folder("test_data_coco_folder", json_path, _image_dir(json_path))
     register_coco_folder("test_data_coco_folder", json_path, _image_dir(json_path))  # idempotent
     meta = MetadataCatalog.get("test_data_coco_folder")
@@ -414,23 +448,29 @@ def test_register_coco_folder_missing_paths(tmp_path):
         register_coco_folder("test_data_missing", missing, str(tmp_path))
     (tmp_path / "a.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="no_such_images"):
-        register_coco_folder("test_data_missing", str(tmp_path / "a.json"), str(tmp_path / "no_such_images"))
+        register_coco_folder(
+            "test_data_missing", str(tmp_path / "a.json"), str(tmp_path / "no_such_images")
+        )
     assert "test_data_missing" not in DatasetCatalog.list()
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_coco_evaluator_scores_ground_truth_100(tmp_path, clean_catalog):
-    """The registered metadata is enough for COCOEvaluator, and boxes / polygons / keypoints agree with COCO's eval."""
+    """The registered metadata is enough for COCOEvaluator, and boxes / polygons / keypoints agree
+    with COCO's eval."""
     import torch
+
     from detectron2.evaluation import COCOEvaluator
-    from detectron2.structures import BoxMode, Boxes, Instances
+    from detectron2.structures import Boxes, BoxMode, Instances
     from detectron2.structures.masks import polygons_to_bitmask
 
     clean_catalog += [SHAPES_TRAIN, SHAPES_VAL]
     register_shapes_datasets(root=str(tmp_path), num_train=1, num_val=4, image_size=256)
     dicts = DatasetCatalog.get(SHAPES_VAL)  # generates the data, as building the test loader would
     sigmas = MetadataCatalog.get(SHAPES_VAL).keypoint_oks_sigmas
-    evaluator = COCOEvaluator(SHAPES_VAL, tasks=("bbox", "segm", "keypoints"), distributed=False, kpt_oks_sigmas=sigmas)
+    evaluator = COCOEvaluator(
+        SHAPES_VAL, tasks=("bbox", "segm", "keypoints"), distributed=False, kpt_oks_sigmas=sigmas
+    )
     evaluator.reset()
     for d in dicts:
         anns = d["annotations"]
@@ -441,9 +481,22 @@ def test_coco_evaluator_scores_ground_truth_100(tmp_path, clean_catalog):
         instances.pred_classes = torch.tensor([a["category_id"] for a in anns])
         masks = [polygons_to_bitmask(a["segmentation"], d["height"], d["width"]) for a in anns]
         instances.pred_masks = torch.from_numpy(np.stack(masks))
-        instances.pred_keypoints = torch.tensor([a["keypoints"] for a in anns], dtype=torch.float32).view(-1, 4, 3)
+        instances.pred_keypoints = torch.tensor(
+            [a["keypoints"] for a in anns], dtype=torch.float32
+        ).view(-1, 4, 3)
         evaluator.process([{"image_id": d["image_id"]}], [{"instances": instances}])
     results = evaluator.evaluate()
     assert results["bbox"]["AP"] == pytest.approx(100.0)
     assert results["segm"]["AP"] == pytest.approx(100.0)
     assert results["keypoints"]["AP"] == pytest.approx(100.0)
+
+
+def test_unwritable_data_folder_names_the_variable(monkeypatch, tmp_path):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(data_module.tempfile, "mkdtemp", refuse)  # root ignores chmod: refuse here
+    monkeypatch.setenv("FPN_PLUGIN_DATA", str(tmp_path))
+    with pytest.raises(PermissionError, match="FPN_PLUGIN_DATA.*writable"):
+        generate_shapes_dataset(default_data_root(), "train", 2, 0, image_size=64)
+    assert os.listdir(tmp_path) == []  # nothing written, nothing lost

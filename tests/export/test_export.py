@@ -1,4 +1,5 @@
-"""Export: TorchScript scripting and tracing and ONNX of the plugin detector give eager mode's detections.
+"""Export: TorchScript scripting and tracing and ONNX of the plugin detector give eager mode's
+detections.
 
 The quickstart-sized detector (configs/quickstart.yaml) with random weights made to detect like a
 trained model (fpn_plugin.workload.make_trained_like: 100 detections per image) is exported, saved,
@@ -7,6 +8,7 @@ detections must match eager mode's to 1e-3 (boxes in pixels, scores; classes and
 equal). R50-FPN (configs/fpn_r50.yaml) is checked by scripting. tools/export_model.py runs as a
 subprocess, end to end and on a path that cannot work.
 """
+
 import importlib.util
 import json
 import os
@@ -17,10 +19,13 @@ import pytest
 import torch
 from PIL import Image
 
-import fpn_plugin  # noqa: F401  (registers the components)
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
+import fpn_plugin  # noqa: F401  (registers the components)
+from fpn_plugin.accel import strategies_of
+from fpn_plugin.benchmark.workload import make_trained_like
+from fpn_plugin.engine import FPNTrainer
 from fpn_plugin.export import (
     ExportError,
     compare_detections,
@@ -32,8 +37,7 @@ from fpn_plugin.export import (
     run_scripted,
     run_traced,
 )
-from fpn_plugin.benchmark.workload import make_trained_like
-
+from fpn_plugin.export.to_folder import export_to_folder
 from tests.conftest import REPO, plugin_cfg
 
 TOOL = os.path.join(REPO, "tools", "export_model.py")
@@ -41,10 +45,13 @@ TOL = 1e-3
 
 
 def _image(height, width, seed):
-    """(3, H, W) float32 BGR in [0, 255]: smooth blobs plus noise, so features vary over the image."""
+    """(3, H, W) float32 BGR in [0, 255]: smooth blobs plus noise, so features vary over the
+    image."""
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(1, 3, height // 32, width // 32, generator=g)
-    smooth = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)[0]
+    smooth = torch.nn.functional.interpolate(
+        coarse, size=(height, width), mode="bilinear", align_corners=False
+    )[0]
     return (0.8 * smooth + 0.2 * torch.rand(3, height, width, generator=g)) * 255
 
 
@@ -142,7 +149,12 @@ def test_r50_scripting_matches_eager(r50_pair):
 def _run_tool(args, timeout=300):
     env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONWARNINGS="ignore", PYTHONPATH=REPO)
     return subprocess.run(
-        [sys.executable, TOOL, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, TOOL, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -164,12 +176,30 @@ def test_tool_exports_onnx_and_checks_it(weights, tmp_path):
     _save_png(_image(384, 448, 4), sample)
     _save_png(_image(320, 512, 5), other)
     out = tmp_path / "out"
-    proc = _run_tool([
-        "--config-file", "configs/quickstart.yaml", "--export-method", "tracing", "--format", "onnx",
-        "--sample-image", sample, "--check", "--check-images", other, "--output", str(out),
-        # MIN_SIZE_TEST 0: images are not resized, so the check runs on two sizes.
-        "MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "0",
-    ])
+    proc = _run_tool(
+        [
+            "--config-file",
+            "configs/quickstart.yaml",
+            "--export-method",
+            "tracing",
+            "--format",
+            "onnx",
+            "--sample-image",
+            sample,
+            "--check",
+            "--check-images",
+            other,
+            "--output",
+            str(out),
+            # MIN_SIZE_TEST 0: images are not resized, so the check runs on two sizes.
+            "MODEL.WEIGHTS",
+            weights,
+            "MODEL.DEVICE",
+            "cpu",
+            "INPUT.MIN_SIZE_TEST",
+            "0",
+        ]
+    )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert (out / "model.onnx").stat().st_size > 100_000
     info = json.loads((out / "export.json").read_text())
@@ -182,11 +212,22 @@ def test_tool_exports_onnx_and_checks_it(weights, tmp_path):
 
 
 def test_tool_says_clearly_when_a_path_cannot_work(tmp_path):
-    # The no-lateral ablation (Table 3, row c) has no lateral convs below the top: it cannot be scripted.
-    proc = _run_tool([
-        "--config-file", "configs/quickstart.yaml", "--export-method", "scripting", "--output", str(tmp_path),
-        "MODEL.FPN.LATERAL", "False", "MODEL.DEVICE", "cpu",
-    ])
+    # The no-lateral ablation (Tables 1-2, row e) has no lateral convs below the top: it cannot be
+    # scripted.
+    proc = _run_tool(
+        [
+            "--config-file",
+            "configs/quickstart.yaml",
+            "--export-method",
+            "scripting",
+            "--output",
+            str(tmp_path),
+            "MODEL.FPN.LATERAL",
+            "False",
+            "MODEL.DEVICE",
+            "cpu",
+        ]
+    )
     assert proc.returncode == 2, proc.stderr
     message = proc.stderr.strip().splitlines()[-1]
     assert "TorchScript scripting cannot export this model" in message
@@ -194,15 +235,30 @@ def test_tool_says_clearly_when_a_path_cannot_work(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_tool_refuses_onnx_by_scripting(tmp_path):
-    """In process (no model is exported): the combination is refused with what to use instead."""
+def _load_tool():
     spec = importlib.util.spec_from_file_location("export_model_tool", TOOL)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    code = tool.main([
-        "--config-file", os.path.join(REPO, "configs/quickstart.yaml"), "--export-method", "scripting",
-        "--format", "onnx", "--output", str(tmp_path), "MODEL.DEVICE", "cpu",
-    ])
+    return tool
+
+
+def test_tool_refuses_onnx_by_scripting(tmp_path):
+    """In process (no model is exported): the combination is refused with what to use instead."""
+    tool = _load_tool()
+    code = tool.main(
+        [
+            "--config-file",
+            os.path.join(REPO, "configs/quickstart.yaml"),
+            "--export-method",
+            "scripting",
+            "--format",
+            "onnx",
+            "--output",
+            str(tmp_path),
+            "MODEL.DEVICE",
+            "cpu",
+        ]
+    )
     assert code == 2
     assert not (tmp_path / "model.onnx").exists()
 
@@ -214,3 +270,54 @@ def test_scripting_leaves_the_eager_model_unchanged(r50_pair):
     keys = list(ours.state_dict())
     export_scripting(ours)
     assert list(ours.state_dict()) == keys
+
+
+def _strategies(model):
+    """{module name: names of the execution strategies applied to it}, for every module with one."""
+    return {
+        n: [s.__name__ for s in strategies_of(m)]
+        for n, m in model.named_modules()
+        if strategies_of(m)
+    }
+
+
+def test_tool_exports_the_model_as_train_net_runs_it(weights, tmp_path, monkeypatch):
+    """In process: the tool's eager model has the execution strategies of tools/train_net.py's
+    (FPNTrainer.build_model), the scripted file has none, and the check passes between them."""
+    tool = _load_tool()
+    seen = []
+
+    def spy(model, *args, **kwargs):
+        seen.append(model)
+        return export_to_folder(model, *args, **kwargs)
+
+    monkeypatch.setattr(tool, "export_to_folder", spy)
+    out = tmp_path / "out"
+    code = tool.main(
+        [
+            "--config-file",
+            os.path.join(REPO, "configs/quickstart.yaml"),
+            "--export-method",
+            "scripting",
+            "--check",
+            "--output",
+            str(out),
+            "MODEL.WEIGHTS",
+            weights,
+            "MODEL.DEVICE",
+            "cpu",
+            "INPUT.MIN_SIZE_TEST",
+            "256",
+            "INPUT.MAX_SIZE_TEST",
+            "320",
+        ]
+    )
+    assert code == 0
+    expected = _strategies(FPNTrainer.build_model(plugin_cfg("configs/quickstart.yaml")))
+    assert expected and _strategies(seen[0]) == expected and not seen[0].training
+    scripted = torch.jit.load(str(out / "model.ts"))
+    applied = {name for names in expected.values() for name in names}  # e.g. "BlockedLayoutNeck"
+    assert not any(name in m.original_name for m in scripted.modules() for name in applied)
+    assert "FPNNeck" in {m.original_name for m in scripted.modules()}
+    (check,) = json.loads((out / "export.json").read_text())["check"]
+    assert check["ok"] == 1.0 and check["num_eager"] >= 20 and check["size"] == [256, 256], check

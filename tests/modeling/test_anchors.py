@@ -1,4 +1,5 @@
 """SharedAnchorGenerator: Detectron2's anchors exactly, with clear errors."""
+
 import pytest
 import torch
 
@@ -17,7 +18,11 @@ def _features(height=800, width=1216, strides=STRIDES):
 @pytest.mark.parametrize(
     "sizes, ratios, offset",
     [
-        ([[32], [64], [128], [256], [512]], [[0.5, 1.0, 2.0]], 0.0),  # the paper / Detectron2's FPN config
+        (
+            [[32], [64], [128], [256], [512]],
+            [[0.5, 1.0, 2.0]],
+            0.0,
+        ),  # the paper / Detectron2's FPN config
         ([[32], [64], [128], [256], [512]], [[0.5, 1.0, 2.0]], 0.5),
         ([[16, 24], [32, 48], [64, 96], [128, 192], [256, 384]], [[0.25, 1.0, 3.0]], 0.25),
         ([[20, 40, 80]], [0.5, 1.0], 0.0),  # one group broadcast to every level
@@ -33,7 +38,9 @@ def test_anchors_equal_default_anchor_generator_exactly(sizes, ratios, offset):
 
 
 def test_paper_anchor_shapes():
-    gen = SharedAnchorGenerator(sizes=[[32], [64], [128], [256], [512]], aspect_ratios=[[0.5, 1.0, 2.0]], strides=STRIDES)
+    gen = SharedAnchorGenerator(
+        sizes=[[32], [64], [128], [256], [512]], aspect_ratios=[[0.5, 1.0, 2.0]], strides=STRIDES
+    )
     assert gen.num_anchors == [3] * 5  # 15 anchor shapes over the pyramid
     for size, cell in zip([32, 64, 128, 256, 512], gen.cell_anchors):
         w = cell[:, 2] - cell[:, 0]
@@ -45,9 +52,16 @@ def test_paper_anchor_shapes():
 def test_octave_scales_match_explicit_sizes():
     """SCALES_PER_OCTAVE=3 gives RetinaNet's sizes s * 2**(i/3)."""
     base = [32, 64, 128, 256, 512]
-    ours = SharedAnchorGenerator(sizes=[[s] for s in base], aspect_ratios=[0.5, 1, 2], strides=[8, 16, 32, 64, 128], scales_per_octave=3)
+    ours = SharedAnchorGenerator(
+        sizes=[[s] for s in base],
+        aspect_ratios=[0.5, 1, 2],
+        strides=[8, 16, 32, 64, 128],
+        scales_per_octave=3,
+    )
     explicit = [[s * 2 ** (i / 3) for i in range(3)] for s in base]
-    ref = DefaultAnchorGenerator(sizes=explicit, aspect_ratios=[0.5, 1, 2], strides=[8, 16, 32, 64, 128])
+    ref = DefaultAnchorGenerator(
+        sizes=explicit, aspect_ratios=[0.5, 1, 2], strides=[8, 16, 32, 64, 128]
+    )
     assert ours.num_anchors == [9] * 5
     feats = _features(512, 640, [8, 16, 32, 64, 128])
     for a, b in zip(ours(feats), ref(feats)):
@@ -66,11 +80,26 @@ def test_built_from_config():
 @pytest.mark.parametrize(
     "kwargs, words",
     [
-        (dict(sizes=[[32], [64], [128], [256]], aspect_ratios=[[1.0]], strides=STRIDES), ["MODEL.ANCHOR_GENERATOR.SIZES", "4 groups", "5 feature levels"]),
-        (dict(sizes=[[32]], aspect_ratios=[[1.0], [2.0]], strides=STRIDES), ["MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "2 groups"]),
-        (dict(sizes=[[32]], aspect_ratios=[[1.0]], strides=STRIDES, offset=1.0), ["MODEL.ANCHOR_GENERATOR.OFFSET", "[0, 1)"]),
-        (dict(sizes=[[32]], aspect_ratios=[[1.0]], strides=STRIDES, scales_per_octave=0), ["SCALES_PER_OCTAVE"]),
-        (dict(sizes=[], aspect_ratios=[[1.0]], strides=STRIDES), ["MODEL.ANCHOR_GENERATOR.SIZES", "non-empty"]),
+        (
+            dict(sizes=[[32], [64], [128], [256]], aspect_ratios=[[1.0]], strides=STRIDES),
+            ["MODEL.ANCHOR_GENERATOR.SIZES", "4 groups", "5 feature levels"],
+        ),
+        (
+            dict(sizes=[[32]], aspect_ratios=[[1.0], [2.0]], strides=STRIDES),
+            ["MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "2 groups"],
+        ),
+        (
+            dict(sizes=[[32]], aspect_ratios=[[1.0]], strides=STRIDES, offset=1.0),
+            ["MODEL.ANCHOR_GENERATOR.OFFSET", "[0, 1)"],
+        ),
+        (
+            dict(sizes=[[32]], aspect_ratios=[[1.0]], strides=STRIDES, scales_per_octave=0),
+            ["SCALES_PER_OCTAVE"],
+        ),
+        (
+            dict(sizes=[], aspect_ratios=[[1.0]], strides=STRIDES),
+            ["MODEL.ANCHOR_GENERATOR.SIZES", "non-empty"],
+        ),
     ],
 )
 def test_bad_arguments_name_the_key(kwargs, words):

@@ -4,6 +4,7 @@ Each R50 config is Detectron2's built-in detector with the component names swapp
 state_dict loads strictly and the eval outputs agree to 1e-4. Each quickstart-sized variant trains
 a few iterations on fpn_shapes and is evaluated with COCOEvaluator.
 """
+
 import json
 import os
 import subprocess
@@ -20,13 +21,26 @@ from fpn_plugin import FPNNeck, LevelMappingROIHeads, LevelMappingROIPooler, Sha
 from fpn_plugin.data import SHAPE_KEYPOINT_NAMES
 from fpn_plugin.engine.trainer import FPNTrainer
 from tests.conftest import REPO, build_parity_pair
-from tests.engine.test_training import _cleanup_catalog, data_root, TINY, read_metrics, tiny_cfg  # noqa: F401  (fixtures)
+from tests.engine.test_training import (  # noqa: F401  (fixtures)
+    TINY,
+    TOOL_ENV,
+    _cleanup_catalog,
+    data_root,
+    read_metrics,
+    tiny_cfg,
+)
 
 # name -> (Detectron2's built-in config, ours)
 DETECTORS = {
-    "mask_rcnn": ("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml", "configs/mask_rcnn_fpn_r50.yaml"),
+    "mask_rcnn": (
+        "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml",
+        "configs/mask_rcnn_fpn_r50.yaml",
+    ),
     "retinanet": ("COCO-Detection/retinanet_R_50_FPN_1x.yaml", "configs/retinanet_fpn_r50.yaml"),
-    "keypoint_rcnn": ("COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.yaml", "configs/keypoint_rcnn_fpn_r50.yaml"),
+    "keypoint_rcnn": (
+        "COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.yaml",
+        "configs/keypoint_rcnn_fpn_r50.yaml",
+    ),
 }
 # Detections per image compared (not 100): keeps the CPU time of the mask and keypoint heads low
 # (the keypoint head, 8 convs of 512 channels, costs ~7 GFLOPs per detection).
@@ -37,7 +51,9 @@ TOL = dict(rtol=1e-4, atol=1e-4)
 @pytest.fixture(scope="module", params=list(DETECTORS))
 def pair(request):
     d2_name, path = DETECTORS[request.param]
-    ref, ours, result = build_parity_pair(d2_name, path, ["TEST.DETECTIONS_PER_IMAGE", NUM_DETECTIONS[request.param]])
+    ref, ours, result = build_parity_pair(
+        d2_name, path, ["TEST.DETECTIONS_PER_IMAGE", NUM_DETECTIONS[request.param]]
+    )
     return request.param, ref, ours, result
 
 
@@ -48,7 +64,8 @@ def _image():
 
 
 def _raw_and_final(model, inputs):
-    """(outputs before postprocessing, after it): for R-CNNs the first has 28x28 mask probabilities."""
+    """(outputs before postprocessing, after it): for R-CNNs the first has 28x28 mask
+    probabilities."""
     with torch.no_grad():
         if not isinstance(model, GeneralizedRCNN):
             final = [r["instances"] for r in model(inputs)]
@@ -56,7 +73,10 @@ def _raw_and_final(model, inputs):
         raw = model.inference(inputs, do_postprocess=False)
         image_sizes = model.preprocess_image(inputs).image_sizes
         # Same image size: boxes are not rescaled, masks are pasted into the image.
-        final = [r["instances"] for r in GeneralizedRCNN._postprocess([x[:] for x in raw], inputs, image_sizes)]
+        final = [
+            r["instances"]
+            for r in GeneralizedRCNN._postprocess([x[:] for x in raw], inputs, image_sizes)
+        ]
     return raw, final
 
 
@@ -72,16 +92,23 @@ def test_plugin_components_are_used(pair):
         assert ours.backbone.top_block.in_feature == "res5"  # P6 from C5
     else:
         assert strides == {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
-        generator, ref_generator = ours.proposal_generator.anchor_generator, ref.proposal_generator.anchor_generator
+        generator, ref_generator = (
+            ours.proposal_generator.anchor_generator,
+            ref.proposal_generator.anchor_generator,
+        )
         heads = ours.roi_heads
         assert isinstance(heads, LevelMappingROIHeads)
         poolers = ["box_pooler", "mask_pooler" if name == "mask_rcnn" else "keypoint_pooler"]
         for attr in poolers:
             mine, theirs = getattr(heads, attr), getattr(ref.roi_heads, attr)
             assert isinstance(mine, LevelMappingROIPooler) and isinstance(theirs, ROIPooler)
-            assert (mine.min_level, mine.max_level) == (theirs.min_level, theirs.max_level) == (2, 5)
+            assert (
+                (mine.min_level, mine.max_level) == (theirs.min_level, theirs.max_level) == (2, 5)
+            )
             assert mine.output_size == tuple(theirs.output_size)
-    assert isinstance(generator, SharedAnchorGenerator) and isinstance(ref_generator, DefaultAnchorGenerator)
+    assert isinstance(generator, SharedAnchorGenerator) and isinstance(
+        ref_generator, DefaultAnchorGenerator
+    )
     assert generator.strides == ref_generator.strides
     for a, b in zip(generator.cell_anchors, ref_generator.cell_anchors):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
@@ -112,7 +139,9 @@ def test_eval_outputs_match_detectron2(pair):
         if name == "mask_rcnn":
             assert b.pred_masks.shape == a.pred_masks.shape == (n, 1, 28, 28)
             torch.testing.assert_close(b.pred_masks, a.pred_masks, **TOL)
-            assert 0.01 < (a.pred_masks > 0.5).float().mean() < 0.99  # masks are not all empty or full
+            assert (
+                0.01 < (a.pred_masks > 0.5).float().mean() < 0.99
+            )  # masks are not all empty or full
         if name == "keypoint_rcnn":
             assert b.pred_keypoints.shape == a.pred_keypoints.shape == (n, 17, 3)
             torch.testing.assert_close(b.pred_keypoints, a.pred_keypoints, **TOL)
@@ -138,17 +167,28 @@ SMALL = {
 # Low score thresholds: after 3 iterations few scores pass the default 0.05, and COCO's AP needs
 # detections; 10 per image keep mask pasting and keypoint decoding cheap.
 EVAL_OPTS = [
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.001,
-    "MODEL.RETINANET.SCORE_THRESH_TEST", 0.001,
-    "TEST.DETECTIONS_PER_IMAGE", 10,
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+    0.001,
+    "MODEL.RETINANET.SCORE_THRESH_TEST",
+    0.001,
+    "TEST.DETECTIONS_PER_IMAGE",
+    10,
 ]
-
 
 
 @pytest.mark.parametrize("name", list(SMALL))
 def test_small_detector_trains_and_evaluates(name, data_root, tmp_path):
     config, tasks = SMALL[name]
-    cfg = tiny_cfg(data_root, tmp_path, "SOLVER.MAX_ITER", 3, "SOLVER.CHECKPOINT_PERIOD", 100, *EVAL_OPTS, config=config)
+    cfg = tiny_cfg(
+        data_root,
+        tmp_path,
+        "SOLVER.MAX_ITER",
+        3,
+        "SOLVER.CHECKPOINT_PERIOD",
+        100,
+        *EVAL_OPTS,
+        config=config,
+    )
     trainer = FPNTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
@@ -169,23 +209,42 @@ def test_small_detector_trains_and_evaluates(name, data_root, tmp_path):
 
 def _copypaste_results(log: str):
     """{task: {metric: value}} from Detectron2's "copypaste:" lines in a log."""
-    lines = [line.split("copypaste: ", 1)[1].strip() for line in log.splitlines() if "copypaste: " in line]
+    lines = [
+        line.split("copypaste: ", 1)[1].strip()
+        for line in log.splitlines()
+        if "copypaste: " in line
+    ]
     results = {}
     for i, line in enumerate(lines):
         if line.startswith("Task: "):
             names, values = lines[i + 1].split(","), lines[i + 2].split(",")
-            results[line[len("Task: "):]] = dict(zip(names, map(float, values)))
+            results[line[len("Task: ") :]] = dict(zip(names, map(float, values)))
     return results
 
 
 def test_train_net_trains_and_evaluates_keypoint_rcnn(data_root, tmp_path):
-    """tools/train_net.py trains the small Keypoint R-CNN and evaluates it (OKS sigmas from the dataset)."""
-    cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", os.path.join(REPO, "configs", "quickstart_keypoint.yaml")]
-    cmd += TINY + ["DATASETS.FPN_SHAPES.ROOT", data_root, "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "3"]
+    """tools/train_net.py trains the small Keypoint R-CNN and evaluates it (OKS sigmas from the
+    dataset)."""
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "tools", "train_net.py"),
+        "--config-file",
+        os.path.join(REPO, "configs", "quickstart_keypoint.yaml"),
+    ]
+    cmd += TINY + [
+        "DATASETS.FPN_SHAPES.ROOT",
+        data_root,
+        "OUTPUT_DIR",
+        str(tmp_path),
+        "SOLVER.MAX_ITER",
+        "3",
+    ]
     cmd += [str(o) for o in EVAL_OPTS]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=TOOL_ENV, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "memory allocator:" in proc.stdout  # on CPU the tool keeps freed memory (fpn_plugin/accel/cpu_allocator.py)
+    assert (
+        "memory allocator:" in proc.stdout
+    )  # on CPU the tool keeps freed memory (fpn_plugin/accel/cpu_allocator.py)
     last = [m for m in read_metrics(tmp_path) if "total_loss" in m][-1]
     assert last["iteration"] == 2
     losses = {k for k in last if k.startswith("loss_")}
@@ -198,4 +257,6 @@ def test_train_net_trains_and_evaluates_keypoint_rcnn(data_root, tmp_path):
         assert all(0 <= results[task][k] <= 100 for k in ("AP", "AP50", "AP75")), results[task]
     with open(os.path.join(tmp_path, "inference", "coco_instances_results.json")) as f:
         predictions = json.load(f)
-    assert predictions and all(len(p["keypoints"]) == 3 * len(SHAPE_KEYPOINT_NAMES) for p in predictions)
+    assert predictions and all(
+        len(p["keypoints"]) == 3 * len(SHAPE_KEYPOINT_NAMES) for p in predictions
+    )

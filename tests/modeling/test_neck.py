@@ -1,4 +1,6 @@
-"""FPNNeck: Detectron2's FPN parameters and outputs, the paper's ablations and options, clear errors."""
+"""FPNNeck: Detectron2's FPN parameters and outputs, the paper's ablations and options, clear
+errors."""
+
 import pytest
 import torch
 from torch import nn
@@ -18,7 +20,8 @@ class ToyBottomUp(Backbone):
         super().__init__()
         self.stem = nn.Conv2d(3, channels[0], 3, stride=4, padding=1)
         self.stages = nn.ModuleList(
-            nn.Conv2d(cin, cout, 3, stride=2, padding=1) for cin, cout in zip(channels[:-1], channels[1:])
+            nn.Conv2d(cin, cout, 3, stride=2, padding=1)
+            for cin, cout in zip(channels[:-1], channels[1:])
         )
         self._channels = channels
 
@@ -29,7 +32,10 @@ class ToyBottomUp(Backbone):
         return out
 
     def output_shape(self):
-        return {f"c{i}": ShapeSpec(channels=c, stride=2**i) for i, c in enumerate(self._channels, start=2)}
+        return {
+            f"c{i}": ShapeSpec(channels=c, stride=2**i)
+            for i, c in enumerate(self._channels, start=2)
+        }
 
 
 @BACKBONE_REGISTRY.register()
@@ -42,7 +48,9 @@ IN = ["c2", "c3", "c4", "c5"]
 
 def _neck(**kwargs):
     torch.manual_seed(0)
-    args = dict(bottom_up=ToyBottomUp(), in_features=IN, out_channels=16, top_block=LastLevelSubsample())
+    args = dict(
+        bottom_up=ToyBottomUp(), in_features=IN, out_channels=16, top_block=LastLevelSubsample()
+    )
     args.update(kwargs)
     return FPNNeck(**args)
 
@@ -83,7 +91,16 @@ def test_retinanet_p6p7_from_c5_matches_detectron2():
     torch.manual_seed(0)
     ref = build_backbone(cfg).eval()
     pcfg = plugin_cfg()
-    pcfg.merge_from_list(["MODEL.RESNETS.OUT_FEATURES", ["res3", "res4", "res5"], "MODEL.FPN.IN_FEATURES", ["res3", "res4", "res5"], "MODEL.FPN.EXTRA_LEVELS", "p6p7_c5"])
+    pcfg.merge_from_list(
+        [
+            "MODEL.RESNETS.OUT_FEATURES",
+            ["res3", "res4", "res5"],
+            "MODEL.FPN.IN_FEATURES",
+            ["res3", "res4", "res5"],
+            "MODEL.FPN.EXTRA_LEVELS",
+            "p6p7_c5",
+        ]
+    )
     ours = build_backbone(pcfg).eval()
     assert isinstance(ours.top_block, LastLevelP6P7)
     ours.load_state_dict(ref.state_dict(), strict=True)
@@ -99,9 +116,19 @@ def test_paper_pyramid_shapes_and_strides():
     neck = _neck()
     out = neck(torch.randn(2, 3, 256, 192))
     assert {k: tuple(v.shape) for k, v in out.items()} == {
-        "p2": (2, 16, 64, 48), "p3": (2, 16, 32, 24), "p4": (2, 16, 16, 12), "p5": (2, 16, 8, 6), "p6": (2, 16, 4, 3)
+        "p2": (2, 16, 64, 48),
+        "p3": (2, 16, 32, 24),
+        "p4": (2, 16, 16, 12),
+        "p5": (2, 16, 8, 6),
+        "p6": (2, 16, 4, 3),
     }
-    assert {k: s.stride for k, s in neck.output_shape().items()} == {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
+    assert {k: s.stride for k, s in neck.output_shape().items()} == {
+        "p2": 4,
+        "p3": 8,
+        "p4": 16,
+        "p5": 32,
+        "p6": 64,
+    }
     # P6 is P5 subsampled by 2 (Sec. 4.1)
     torch.testing.assert_close(out["p6"], out["p5"][:, :, ::2, ::2])
 
@@ -167,15 +194,36 @@ def test_finest_level_only():
 @pytest.mark.parametrize("norm", ["BN", "GN", "SyncBN"])
 def test_norms(norm):
     neck = _neck(norm=norm, out_channels=32).eval()
-    assert not any(n.endswith("bias") and "fpn_" in n and ".norm" not in n for n, _ in neck.named_parameters())
+    assert not any(
+        n.endswith("bias") and "fpn_" in n and ".norm" not in n for n, _ in neck.named_parameters()
+    )
     out = neck(torch.randn(1, 3, 64, 64))
     assert all(torch.isfinite(v).all() for v in out.values())
 
 
-@pytest.mark.parametrize("extra, names", [("none", ["p2", "p3", "p4", "p5"]), ("p6_subsample", ["p2", "p3", "p4", "p5", "p6"]), ("p6p7_c5", ["p2", "p3", "p4", "p5", "p6", "p7"]), ("p6p7_p5", ["p2", "p3", "p4", "p5", "p6", "p7"])])
+@pytest.mark.parametrize(
+    "extra, names",
+    [
+        ("none", ["p2", "p3", "p4", "p5"]),
+        ("p6_subsample", ["p2", "p3", "p4", "p5", "p6"]),
+        ("p6p7_c5", ["p2", "p3", "p4", "p5", "p6", "p7"]),
+        ("p6p7_p5", ["p2", "p3", "p4", "p5", "p6", "p7"]),
+    ],
+)
 def test_extra_levels_from_config(extra, names):
     cfg = plugin_cfg()
-    cfg.merge_from_list(["MODEL.FPN.BOTTOM_UP", "build_toy_bottom_up", "MODEL.FPN.IN_FEATURES", IN, "MODEL.FPN.EXTRA_LEVELS", extra, "MODEL.FPN.OUT_CHANNELS", 16])
+    cfg.merge_from_list(
+        [
+            "MODEL.FPN.BOTTOM_UP",
+            "build_toy_bottom_up",
+            "MODEL.FPN.IN_FEATURES",
+            IN,
+            "MODEL.FPN.EXTRA_LEVELS",
+            extra,
+            "MODEL.FPN.OUT_CHANNELS",
+            16,
+        ]
+    )
     neck = build_backbone(cfg)
     out = neck(torch.randn(1, 3, 128, 128))
     assert list(out) == names
@@ -197,13 +245,22 @@ def test_any_registered_bottom_up_from_config():
     "opts, words",
     [
         (["MODEL.FPN.IN_FEATURES", ["c2", "c3", "c5"]], ["MODEL.FPN.IN_FEATURES", "do not double"]),
-        (["MODEL.FPN.IN_FEATURES", ["c2", "c3", "c6"]], ["MODEL.FPN.IN_FEATURES", "'c6'", "does not produce"]),
+        (
+            ["MODEL.FPN.IN_FEATURES", ["c2", "c3", "c6"]],
+            ["MODEL.FPN.IN_FEATURES", "'c6'", "does not produce"],
+        ),
         (["MODEL.FPN.UPSAMPLE", "cubic"], ["MODEL.FPN.UPSAMPLE", "'cubic'", "nearest"]),
         (["MODEL.FPN.FUSE_TYPE", "max"], ["MODEL.FPN.FUSE_TYPE", "'max'", "sum"]),
         (["MODEL.FPN.EXTRA_LEVELS", "p6p7p8"], ["MODEL.FPN.EXTRA_LEVELS", "p6_subsample"]),
         (["MODEL.FPN.NORM", "WeirdNorm"], ["MODEL.FPN.NORM", "GN"]),
-        (["MODEL.FPN.TOP_DOWN", False, "MODEL.FPN.LATERAL", False], ["MODEL.FPN.TOP_DOWN", "MODEL.FPN.LATERAL"]),
-        (["MODEL.FPN.BOTTOM_UP", "build_no_such_backbone"], ["MODEL.FPN.BOTTOM_UP", "build_resnet_backbone"]),
+        (
+            ["MODEL.FPN.TOP_DOWN", False, "MODEL.FPN.LATERAL", False],
+            ["MODEL.FPN.TOP_DOWN", "MODEL.FPN.LATERAL"],
+        ),
+        (
+            ["MODEL.FPN.BOTTOM_UP", "build_no_such_backbone"],
+            ["MODEL.FPN.BOTTOM_UP", "build_resnet_backbone"],
+        ),
         (["MODEL.FPN.IN_FEATURES", []], ["MODEL.FPN.IN_FEATURES"]),
     ],
 )

@@ -1,4 +1,6 @@
-"""More necks on FPNNeck's interface: PAFPN (bottom-up path augmentation) and BiFPN-style weighted fusion."""
+"""More necks on FPNNeck's interface: PAFPN (bottom-up path augmentation) and BiFPN-style weighted
+fusion."""
+
 import math
 
 import pytest
@@ -10,13 +12,15 @@ from detectron2.modeling import build_backbone
 from fpn_plugin import FastNormalizedFusion, FPNNeck, LastLevelSubsample, PathAggregationNeck
 from fpn_plugin.engine.trainer import FPNTrainer
 from tests.conftest import d2_cfg, plugin_cfg
-from tests.modeling.test_neck import IN, ToyBottomUp
 from tests.engine.test_training import _cleanup_catalog, data_root, tiny_cfg  # noqa: F401  (fixtures)
+from tests.modeling.test_neck import IN, ToyBottomUp
 
 
 def _pa_neck(**kwargs):
     torch.manual_seed(0)
-    args = dict(bottom_up=ToyBottomUp(), in_features=IN, out_channels=16, top_block=LastLevelSubsample())
+    args = dict(
+        bottom_up=ToyBottomUp(), in_features=IN, out_channels=16, top_block=LastLevelSubsample()
+    )
     args.update(kwargs)
     return PathAggregationNeck(**args)
 
@@ -43,7 +47,11 @@ def test_shapes_strides_and_p6_from_n5(fuse_type):
     neck = _pa_neck(fuse_type=fuse_type)
     out = neck(torch.randn(2, 3, 256, 192))
     assert {k: tuple(v.shape) for k, v in out.items()} == {
-        "p2": (2, 16, 64, 48), "p3": (2, 16, 32, 24), "p4": (2, 16, 16, 12), "p5": (2, 16, 8, 6), "p6": (2, 16, 4, 3)
+        "p2": (2, 16, 64, 48),
+        "p3": (2, 16, 32, 24),
+        "p4": (2, 16, 16, 12),
+        "p5": (2, 16, 8, 6),
+        "p6": (2, 16, 4, 3),
     }
     assert {k: (s.stride, s.channels) for k, s in neck.output_shape().items()} == {
         f"p{k}": (2**k, 16) for k in range(2, 7)
@@ -67,10 +75,13 @@ def test_path_off_is_bit_identical_to_fpn_neck(fuse_type):
 
 
 def test_fpn_part_with_path_on_is_bit_identical_and_the_path_is_panet():
-    """The top-down part gives FPNNeck's P_k exactly; then N2 = P2, N_{k+1} = conv3x3(conv3x3_s2(N_k) + P_{k+1})."""
+    """The top-down part gives FPNNeck's P_k exactly; then N2 = P2,
+    N_{k+1} = conv3x3(conv3x3_s2(N_k) + P_{k+1})."""
     neck = _pa_neck()
     fpn, unexpected = _fpn_like(neck)
-    assert {k.split(".")[0] for k in unexpected} == {f"pa_{c}{k}" for c in ("downsample", "output") for k in (3, 4, 5)}
+    assert {k.split(".")[0] for k in unexpected} == {
+        f"pa_{c}{k}" for c in ("downsample", "output") for k in (3, 4, 5)
+    }
     seen = []
     extra_path = neck._extra_path
     neck._extra_path = lambda results: seen.append(results) or extra_path(results)
@@ -112,7 +123,14 @@ def test_fast_normalized_fusion_hand_computed():
 def test_weighted_neck_fusions_are_non_negative_normalized_and_used():
     neck = _pa_neck(fuse_type="weighted")
     fusions = {n: m for n, m in neck.named_modules() if isinstance(m, FastNormalizedFusion)}
-    assert set(fusions) == {"fpn_fuse2", "fpn_fuse3", "fpn_fuse4", "pa_fuse3", "pa_fuse4", "pa_fuse5"}
+    assert set(fusions) == {
+        "fpn_fuse2",
+        "fpn_fuse3",
+        "fpn_fuse4",
+        "pa_fuse3",
+        "pa_fuse4",
+        "pa_fuse5",
+    }
     _randomize_fusion_weights(neck)
     assert any((m.weight < 0).any() for m in fusions.values())
     for name, m in fusions.items():
@@ -128,12 +146,20 @@ def test_weighted_neck_fusions_are_non_negative_normalized_and_used():
         return (w[0] * a + w[1] * b) / (1e-4 + w.sum())
 
     m5 = neck.fpn_lateral5(c["c5"])
-    m4 = fuse("fpn_fuse4", neck.fpn_lateral4(c["c4"]), F.interpolate(m5, scale_factor=2.0, mode="nearest"))
-    m3 = fuse("fpn_fuse3", neck.fpn_lateral3(c["c3"]), F.interpolate(m4, scale_factor=2.0, mode="nearest"))
-    m2 = fuse("fpn_fuse2", neck.fpn_lateral2(c["c2"]), F.interpolate(m3, scale_factor=2.0, mode="nearest"))
+    m4 = fuse(
+        "fpn_fuse4", neck.fpn_lateral4(c["c4"]), F.interpolate(m5, scale_factor=2.0, mode="nearest")
+    )
+    m3 = fuse(
+        "fpn_fuse3", neck.fpn_lateral3(c["c3"]), F.interpolate(m4, scale_factor=2.0, mode="nearest")
+    )
+    m2 = fuse(
+        "fpn_fuse2", neck.fpn_lateral2(c["c2"]), F.interpolate(m3, scale_factor=2.0, mode="nearest")
+    )
     n2, p3 = neck.fpn_output2(m2), neck.fpn_output3(m3)
     torch.testing.assert_close(out["p2"], n2)
-    torch.testing.assert_close(out["p3"], neck.pa_output3(fuse("pa_fuse3", neck.pa_downsample3(n2), p3)))
+    torch.testing.assert_close(
+        out["p3"], neck.pa_output3(fuse("pa_fuse3", neck.pa_downsample3(n2), p3))
+    )
     # Different fusion weights give different features: the weights are really used.
     with torch.no_grad():
         fusions["pa_fuse3"].weight.copy_(torch.tensor([1.0, 0.0]))
@@ -143,7 +169,10 @@ def test_weighted_neck_fusions_are_non_negative_normalized_and_used():
 def test_r50_configs_load_detectron2_fpn_weights_partially():
     torch.manual_seed(0)
     ref = build_backbone(d2_cfg())
-    for path, new in [("configs/pafpn_r50.yaml", {"pa_downsample", "pa_output"}), ("configs/bifpn_r50.yaml", {"pa_downsample", "pa_output", "pa_fuse", "fpn_fuse"})]:
+    for path, new in [
+        ("configs/pafpn_r50.yaml", {"pa_downsample", "pa_output"}),
+        ("configs/bifpn_r50.yaml", {"pa_downsample", "pa_output", "pa_fuse", "fpn_fuse"}),
+    ]:
         neck = build_backbone(plugin_cfg(path))
         assert isinstance(neck, PathAggregationNeck)
         result = neck.load_state_dict(ref.state_dict(), strict=False)
@@ -156,15 +185,33 @@ def test_r50_configs_load_detectron2_fpn_weights_partially():
     "opts, words",
     [
         (["MODEL.FPN.FUSE_TYPE", "max"], ["MODEL.FPN.FUSE_TYPE", "'max'", "weighted"]),
-        (["MODEL.FPN.FUSE_TYPE", "weighted", "MODEL.PAFPN.FUSION_EPS", 0.0], ["MODEL.PAFPN.FUSION_EPS", "> 0"]),
-        (["MODEL.FPN.FINEST_ONLY", True], ["MODEL.PAFPN.PATH_AUGMENTATION", "MODEL.FPN.FINEST_ONLY"]),
-        (["MODEL.FPN.BOTTOM_UP", "build_pafpn_neck_backbone"], ["MODEL.FPN.BOTTOM_UP", "build_resnet_backbone"]),
+        (
+            ["MODEL.FPN.FUSE_TYPE", "weighted", "MODEL.PAFPN.FUSION_EPS", 0.0],
+            ["MODEL.PAFPN.FUSION_EPS", "> 0"],
+        ),
+        (
+            ["MODEL.FPN.FINEST_ONLY", True],
+            ["MODEL.PAFPN.PATH_AUGMENTATION", "MODEL.FPN.FINEST_ONLY"],
+        ),
+        (
+            ["MODEL.FPN.BOTTOM_UP", "build_pafpn_neck_backbone"],
+            ["MODEL.FPN.BOTTOM_UP", "build_resnet_backbone"],
+        ),
         (["MODEL.FPN.IN_FEATURES", ["c2", "c3", "c5"]], ["MODEL.FPN.IN_FEATURES", "do not double"]),
     ],
 )
 def test_bad_settings_raise_clear_errors(opts, words):
     cfg = plugin_cfg()
-    cfg.merge_from_list(["MODEL.BACKBONE.NAME", "build_pafpn_neck_backbone", "MODEL.FPN.BOTTOM_UP", "build_toy_bottom_up", "MODEL.FPN.IN_FEATURES", IN])
+    cfg.merge_from_list(
+        [
+            "MODEL.BACKBONE.NAME",
+            "build_pafpn_neck_backbone",
+            "MODEL.FPN.BOTTOM_UP",
+            "build_toy_bottom_up",
+            "MODEL.FPN.IN_FEATURES",
+            IN,
+        ]
+    )
     cfg.merge_from_list(opts)
     with pytest.raises(ValueError) as e:
         build_backbone(cfg)
@@ -182,12 +229,24 @@ def test_weighted_fusion_is_not_silently_accepted_by_the_plain_fpn_neck():
 @pytest.mark.parametrize("fuse_type", ["sum", "weighted"])
 def test_each_neck_trains_and_evaluates_on_embedded_data(data_root, tmp_path, fuse_type):  # noqa: F811
     cfg = tiny_cfg(
-        data_root, tmp_path, "MODEL.BACKBONE.NAME", "build_pafpn_neck_backbone", "MODEL.FPN.FUSE_TYPE", fuse_type,
-        "SOLVER.MAX_ITER", 8, "SOLVER.BASE_LR", 0.01, "SOLVER.CHECKPOINT_PERIOD", 1000,
+        data_root,
+        tmp_path,
+        "MODEL.BACKBONE.NAME",
+        "build_pafpn_neck_backbone",
+        "MODEL.FPN.FUSE_TYPE",
+        fuse_type,
+        "SOLVER.MAX_ITER",
+        8,
+        "SOLVER.BASE_LR",
+        0.01,
+        "SOLVER.CHECKPOINT_PERIOD",
+        1000,
     )
     trainer = FPNTrainer(cfg)
     assert isinstance(trainer.model.backbone, PathAggregationNeck)
-    before = {n: p.detach().clone() for n, p in trainer.model.backbone.named_parameters() if "_fuse" in n}
+    before = {
+        n: p.detach().clone() for n, p in trainer.model.backbone.named_parameters() if "_fuse" in n
+    }
     trainer.resume_or_load(resume=False)
     trainer.train()
     losses = [v for v, _ in trainer.storage.history("total_loss").values()]
@@ -195,6 +254,8 @@ def test_each_neck_trains_and_evaluates_on_embedded_data(data_root, tmp_path, fu
     assert sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
     if fuse_type == "weighted":
         after = dict(trainer.model.backbone.named_parameters())
-        assert len(before) == 6 and any(not torch.equal(before[n], after[n]) for n in before)  # learned
+        assert len(before) == 6 and any(
+            not torch.equal(before[n], after[n]) for n in before
+        )  # learned
     results = FPNTrainer.test(cfg, trainer.model)
     assert set(results["bbox"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}

@@ -1,9 +1,10 @@
-"""Tests of the command-line tools: tools/plot_metrics.py and tools/demo.py (run as subprocesses).
+"""tools/demo.py run as a subprocess, end to end: flags, outputs, JSON records, exit codes.
 
 The demo runs a tiny random-weight detector (configs/quickstart.yaml, one block per stage) whose
 weights the test saves first, so that the tool and an in-process ``DefaultPredictor`` use the same
 model; with a score threshold of 0 a random model still detects something.
 """
+
 import json
 import os
 import subprocess
@@ -14,34 +15,45 @@ import pytest
 import torch
 from PIL import Image
 
-import fpn_plugin  # noqa: F401  (registers the components)
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
+import fpn_plugin  # noqa: F401  (registers the components)
 from fpn_plugin.config import get_plugin_cfg
 from tests.conftest import REPO
 
 DEMO = os.path.join(REPO, "tools", "demo.py")
-PLOT = os.path.join(REPO, "tools", "plot_metrics.py")
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # Colours the demo must use for --color-by-level (P2 red, P3 orange, P4 green, P5 blue).
 EXPECTED_HUES = {2: "red", 3: "orange", 4: "green", 5: "blue"}
 
 TINY_OPTS = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.RESNETS.BLOCKS_PER_STAGE", "[1,1,1,1]",
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
-    "TEST.DETECTIONS_PER_IMAGE", "5",
-    "INPUT.MIN_SIZE_TEST", "384",
-    "INPUT.MAX_SIZE_TEST", "512",
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.RESNETS.BLOCKS_PER_STAGE",
+    "[1,1,1,1]",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+    "0.0",
+    "TEST.DETECTIONS_PER_IMAGE",
+    "5",
+    "INPUT.MIN_SIZE_TEST",
+    "384",
+    "INPUT.MAX_SIZE_TEST",
+    "512",
 ]
 
 
 def _run(args, env_extra=None, timeout=180):
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    # PYTHONPATH: the tool imports this checkout's fpn_plugin, not an installed one.
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        PYTHONWARNINGS="ignore",
+        PYTHONPATH=REPO,
+    )
     env.update(env_extra or {})
     return subprocess.run(
         [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
@@ -49,92 +61,9 @@ def _run(args, env_extra=None, timeout=180):
 
 
 def _check_ok(proc):
-    assert proc.returncode == 0, f"exit code {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-
-
-# ------------------------------------------------------------------------------------------------
-# plot_metrics.py
-# ------------------------------------------------------------------------------------------------
-
-
-def _write_metrics(path):
-    lines = []
-    for it in range(19, 300, 20):
-        record = {
-            "iteration": it,
-            "total_loss": 2.0 * np.exp(-it / 150),
-            "loss_cls": 0.8 / (1 + it / 100),
-            "loss_box_reg": 0.4,
-            "loss_rpn_cls": 0.3,
-            "loss_rpn_loc": 0.2,
-            "lr": 0.02 * min(1.0, (it + 1) / 100),
-            "data_time": 0.01,
-        }
-        if it >= 59:  # older lines lack some keys
-            record.update({"roi_levels/p2": 0.5, "roi_levels/p3": 0.3, "roi_levels/p4": 0.15, "roi_levels/p5": 0.05})
-        lines.append(json.dumps(record))
-        if it in (139, 279):  # evaluation lines: only bbox/* keys
-            lines.append(json.dumps({"iteration": it, "bbox/AP": it / 10, "bbox/AP50": it / 7, "bbox/APs": 1.5,
-                                     "bbox/APm": float("nan"), "bbox/APl": 9.0, "bbox/AP-circle": 3.0}))
-    text = "\n".join(lines) + '\n{"iteration": 299, "total_loss": 0.4, "loss_c'  # a killed run
-    path.write_text(text)
-
-
-def _assert_png(path):
-    assert os.path.isfile(path), path
-    with open(path, "rb") as f:
-        assert f.read(8) == PNG_SIGNATURE, path
-    assert os.path.getsize(path) > 1000
-    with Image.open(path) as im:
-        im.verify()
-    with Image.open(path) as im:
-        assert im.width >= 200 and im.height >= 200
-        # Not a blank canvas: curves were drawn.
-        assert len(np.unique(np.asarray(im.convert("L")))) > 10
-
-
-def test_plot_metrics_writes_pngs(tmp_path):
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    _write_metrics(run_dir / "metrics.json")
-    out = tmp_path / "plots"
-    proc = _run([PLOT, str(run_dir), "--out", str(out)])
-    _check_ok(proc)
-    names = ["losses.png", "lr.png", "ap.png", "roi_levels.png"]
-    for name in names:
-        _assert_png(str(out / name))
-        assert str(out / name) in proc.stdout  # the paths written are printed
-    assert "metrics.json:" in proc.stderr and "truncated" in proc.stderr  # the last line is reported, not fatal
-
-    # Without --out, next to metrics.json; and a file without evaluation or level lines gives
-    # losses and lr only.
-    (run_dir / "metrics.json").write_text(
-        "\n".join(json.dumps({"iteration": i, "total_loss": 1.0 / (i + 1), "lr": 0.01}) for i in range(5))
+    assert proc.returncode == 0, (
+        f"exit code {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     )
-    proc = _run([PLOT, str(run_dir / "metrics.json")])
-    _check_ok(proc)
-    _assert_png(str(run_dir / "losses.png"))
-    _assert_png(str(run_dir / "lr.png"))
-    assert not (run_dir / "ap.png").exists() and not (run_dir / "roi_levels.png").exists()
-
-
-def test_plot_metrics_missing_or_unusable_file(tmp_path):
-    missing = tmp_path / "nowhere" / "metrics.json"
-    proc = _run([PLOT, str(missing)])
-    assert proc.returncode != 0
-    assert str(missing) in proc.stderr
-    assert "Traceback" not in proc.stderr
-
-    bad = tmp_path / "metrics.json"
-    bad.write_text('{"no_iteration": 1}\nnot json\n{"iteration": 3, "total_lo')
-    proc = _run([PLOT, str(tmp_path)])
-    assert proc.returncode != 0
-    assert str(bad) in proc.stderr and "no usable line" in proc.stderr
-
-
-# ------------------------------------------------------------------------------------------------
-# demo.py
-# ------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +72,9 @@ def images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("demo_inputs")
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (256, 320), dtype=np.uint8), "L").save(folder / "gray.png")
-    Image.fromarray(rng.integers(0, 256, (240, 300, 3), dtype=np.uint8), "RGB").save(folder / "rgb.jpg", quality=95)
+    Image.fromarray(rng.integers(0, 256, (240, 300, 3), dtype=np.uint8), "RGB").save(
+        folder / "rgb.jpg", quality=95
+    )
     (folder / "notes.txt").write_text("not an image")  # ignored when the folder is the input
     return folder
 
@@ -152,13 +83,14 @@ def _tiny_cfg(opts):
     cfg = get_plugin_cfg()
     cfg.merge_from_file(os.path.join(REPO, "configs", "quickstart.yaml"))
     cfg.merge_from_list(opts)
-    cfg.DATASETS.TEST = ()  # no metadata needed in-process; keeps the catalogs of other tests untouched
+    # No metadata needed in-process; keeps the catalogs of other tests untouched.
+    cfg.DATASETS.TEST = ()
     return cfg
 
 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory, images):
-    """Config opts (MODEL.WEIGHTS included) of a tiny random-weight detector saved for the demo tests.
+    """Config opts (MODEL.WEIGHTS included) of a tiny random-weight detector saved for the tests.
 
     Its box regressions are scaled down, so that detections are (nearly) anchors: boxes spread
     over the image, of the anchor sizes. The seed is the first whose detections on gray.png come
@@ -192,7 +124,8 @@ def _demo(args, opts, tmp_path, env_extra=None):
 
 def _predict(opts, path):
     """DefaultPredictor's detections (boxes, scores, classes, levels) for the image at ``path``."""
-    return DefaultPredictor(_tiny_cfg(opts))(read_image(str(path), format="BGR"))["instances"].to("cpu")
+    image = read_image(str(path), format="BGR")
+    return DefaultPredictor(_tiny_cfg(opts))(image)["instances"].to("cpu")
 
 
 def _edge_pixels(box, width, height):
@@ -209,7 +142,8 @@ def _edge_pixels(box, width, height):
 
 
 def _untouched_mask(boxes, width, height, legend_panel=None):
-    """Pixels that no box edge (+-4 px), no label (at any corner a label may go) and no legend touch."""
+    """Pixels that no box edge (+-4 px), no label (at any corner a label may go) and no legend
+    touch."""
     free = np.ones((height, width), dtype=bool)
 
     def clear(xa, ya, xb, yb):
@@ -237,10 +171,15 @@ def _rgb(path):
 
 def test_demo_on_folder_matches_predictor(tmp_path, tiny_weights, images):
     out_dir = tmp_path / "out"
-    proc = _demo(["--input", str(images), "--output", str(out_dir), "--confidence-threshold", "0.0"], tiny_weights, tmp_path)
+    proc = _demo(
+        ["--input", str(images), "--output", str(out_dir), "--confidence-threshold", "0.0"],
+        tiny_weights,
+        tmp_path,
+    )
     _check_ok(proc)
     log = proc.stdout + proc.stderr
-    assert "memory allocator:" in log  # on CPU the demo keeps freed memory (fpn_plugin/accel/cpu_allocator.py)
+    # On CPU the demo keeps freed memory (fpn_plugin/accel/cpu_allocator.py).
+    assert "memory allocator:" in log
     for name, out_name in (("gray.png", "gray.png"), ("rgb.jpg", "rgb.jpg")):
         assert name in log and "detected 5 instances" in log  # progress is logged
         out_path = out_dir / out_name
@@ -253,12 +192,15 @@ def test_demo_on_folder_matches_predictor(tmp_path, tiny_weights, images):
         assert drawn.shape == source.shape
         assert record["image_size"] == [height, width]
         assert record["num_instances"] == len(record["boxes"]) == len(record["scores"]) == 5
-        assert set(record["class_names"]) <= {"circle", "square", "triangle", "cross"}  # fpn_shapes_val metadata
+        # fpn_shapes_val's metadata.
+        assert set(record["class_names"]) <= {"circle", "square", "triangle", "cross"}
         assert all(2 <= lv <= 5 for lv in record["pred_levels"])
 
         # The JSON holds what DefaultPredictor gives for the same image, config and weights.
         expected = _predict(tiny_weights, images / name)
-        np.testing.assert_allclose(record["boxes"], expected.pred_boxes.tensor.numpy(), rtol=1e-4, atol=1e-2)
+        np.testing.assert_allclose(
+            record["boxes"], expected.pred_boxes.tensor.numpy(), rtol=1e-4, atol=1e-2
+        )
         np.testing.assert_allclose(record["scores"], expected.scores.numpy(), rtol=1e-4, atol=1e-4)
         assert record["classes"] == expected.pred_classes.tolist()
         assert record["pred_levels"] == expected.pred_levels.tolist()
@@ -270,7 +212,9 @@ def test_demo_on_folder_matches_predictor(tmp_path, tiny_weights, images):
             rows, cols = _edge_pixels(box, width, height)
             assert len(rows) > 10
             change = np.abs(drawn[rows, cols] - source[rows, cols]).mean()
-            assert change > 15, f"{name}: the edges of box {box} did not change (mean |diff| {change:.1f})"
+            assert change > 15, (
+                f"{name}: the edges of box {box} did not change (mean |diff| {change:.1f})"
+            )
         free = _untouched_mask(boxes, width, height)
         assert free.sum() > 0.2 * free.size
         diff = np.abs(drawn - source).max(axis=2)[free]
@@ -299,8 +243,16 @@ def _hue(rgb):
 def test_demo_color_by_level(tmp_path, tiny_weights, images):
     out = tmp_path / "levels" / "gray_levels.png"  # an output file name, for one input
     proc = _demo(
-        ["--input", str(images / "gray.png"), "--output", str(out), "--confidence-threshold", "0.0", "--color-by-level",
-         "--system-malloc"],
+        [
+            "--input",
+            str(images / "gray.png"),
+            "--output",
+            str(out),
+            "--confidence-threshold",
+            "0.0",
+            "--color-by-level",
+            "--system-malloc",
+        ],
         tiny_weights,
         tmp_path,
     )
@@ -347,7 +299,9 @@ def test_demo_color_by_level(tmp_path, tiny_weights, images):
 
 def test_demo_missing_input_fails_naming_it(tmp_path, tiny_weights):
     missing = tmp_path / "no_such_image.jpg"
-    proc = _demo(["--input", str(missing), "--output", str(tmp_path / "out")], tiny_weights, tmp_path)
+    proc = _demo(
+        ["--input", str(missing), "--output", str(tmp_path / "out")], tiny_weights, tmp_path
+    )
     assert proc.returncode != 0
     assert str(missing) in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -367,7 +321,15 @@ def test_demo_video(tmp_path, tiny_weights):
         writer.write(frame)
     writer.release()
     out = tmp_path / "clip_out.mp4"
-    args = ["--video-input", str(video), "--output", str(out), "--confidence-threshold", "0.0", "--color-by-level"]
+    args = [
+        "--video-input",
+        str(video),
+        "--output",
+        str(out),
+        "--confidence-threshold",
+        "0.0",
+        "--color-by-level",
+    ]
     proc = _demo(args, tiny_weights, tmp_path)
     _check_ok(proc)
     # One drawn frame per input frame, and the detections of each.
@@ -386,3 +348,53 @@ def test_demo_video(tmp_path, tiny_weights):
         assert detections["num_instances"] == len(detections["boxes"]) > 0
         assert all(2 <= lv <= 5 for lv in detections["pred_levels"])
     assert [e["level"] for e in record["legend"]["entries"]] == [2, 3, 4, 5]
+
+
+def test_demo_confidence_threshold_outside_0_1_is_a_usage_error(tmp_path, images):
+    # Before the model is built: no weights needed, nothing written.
+    for value in ("1.5", "-0.1"):
+        proc = _run(
+            [
+                DEMO,
+                "--input",
+                str(images / "gray.png"),
+                "--output",
+                str(tmp_path / "out"),
+                "--confidence-threshold",
+                value,
+            ]
+        )
+        assert proc.returncode == 2, (value, proc.returncode, proc.stderr)  # argparse's usage error
+        assert "--confidence-threshold" in proc.stderr and "[0, 1]" in proc.stderr, proc.stderr
+        assert value in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_reports_unreadable_image_and_goes_on(tmp_path, tiny_weights, images):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a PNG")
+    out_dir = tmp_path / "out"
+    inputs = [str(images / "gray.png"), str(broken), str(images / "rgb.jpg")]
+    proc = _demo(
+        ["--input", *inputs, "--output", str(out_dir), "--confidence-threshold", "0.0"],
+        tiny_weights,
+        tmp_path,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 1, log
+    # Logged as an error when met, then listed in the one-line message at the end.
+    errors = [line for line in log.splitlines() if "cannot read image" in line]
+    assert len(errors) == 1 and str(broken) in errors[0], log
+    last = proc.stderr.strip().splitlines()[-1]
+    assert (
+        last.startswith("demo.py: error: could not read 1 of 3 input images")
+        and str(broken) in last
+    )
+    assert "Traceback" not in proc.stderr
+    # Nothing else lost: the images before and after it were drawn and recorded.
+    for name in ("gray.png", "rgb.jpg"):
+        assert (out_dir / name).is_file(), sorted(os.listdir(out_dir))
+        with open(out_dir / (name + ".json")) as f:
+            assert json.load(f)["num_instances"] == 5
+    assert not (out_dir / "broken.png").exists() and not (out_dir / "broken.png.json").exists()

@@ -1,21 +1,28 @@
-"""Loaders and evaluator for fpn_shapes, the embedded synthetic dataset (fpn_plugin/data/shapes.py), as in
-configs/quickstart.yaml: 512 px images, horizontal flips for training, COCO evaluation.
+"""Loaders and evaluator for fpn_shapes, the embedded synthetic dataset (fpn_plugin/data/shapes.py),
+as in configs/quickstart.yaml: 512 px images, horizontal flips for training, COCO evaluation.
 
-``datasets`` registers ``fpn_shapes_train``/``fpn_shapes_val`` (generated on first use under ``root``,
-None for $FPN_PLUGIN_DATA or ~/.cache/fpn_plugin); tools/lazyconfig_train_net.py instantiates it
-before the loaders.
+``datasets`` registers ``fpn_shapes_train``/``fpn_shapes_val`` (generated on first use under
+``root``, None for $FPN_PLUGIN_DATA or ~/.cache/fpn_plugin); tools/lazyconfig_train_net.py
+instantiates it before the loaders.
 """
+
 from omegaconf import OmegaConf
 
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
-from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import (
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.evaluation import COCOEvaluator
 
 from fpn_plugin.data import SHAPES_TRAIN, SHAPES_VAL, register_shapes_datasets
 from fpn_plugin.data.mapper import CheckedDatasetMapper
 
-datasets = L(register_shapes_datasets)(root=None, num_train=1000, num_val=100, seed=0, image_size=512)
+datasets = L(register_shapes_datasets)(
+    root=None, num_train=1000, num_val=100, seed=0, image_size=512
+)
 
 dataloader = OmegaConf.create()
 dataloader.train = L(build_detection_train_loader)(

@@ -7,6 +7,7 @@ explicit constructor arguments: :class:`FPNNeck` (P2-P5 + P6 subsampled from P5)
 :class:`LevelMappingROIHeads` pooling through :class:`LevelMappingROIPooler` (Eqn. 1).
 Detectron2's R50-FPN checkpoints load into it unchanged.
 """
+
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BasicStem, ResNet
@@ -16,7 +17,13 @@ from detectron2.modeling.meta_arch import GeneralizedRCNN
 from detectron2.modeling.proposal_generator import RPN, StandardRPNHead
 from detectron2.modeling.roi_heads import FastRCNNConvFCHead, FastRCNNOutputLayers
 
-from fpn_plugin import FPNNeck, LastLevelSubsample, LevelMappingROIHeads, LevelMappingROIPooler, SharedAnchorGenerator
+from fpn_plugin import (
+    FPNNeck,
+    LastLevelSubsample,
+    LevelMappingROIHeads,
+    LevelMappingROIPooler,
+    SharedAnchorGenerator,
+)
 
 # 1 / stride of P2..P5, the levels RoIs are pooled from.
 POOLED_SCALES = (1.0 / 4, 1.0 / 8, 1.0 / 16, 1.0 / 32)
@@ -33,6 +40,7 @@ def head_pooler(output_size: int):
         canonical_box_size="${..box_pooler.canonical_box_size}",
         canonical_level="${..box_pooler.canonical_level}",
     )
+
 
 model = L(GeneralizedRCNN)(
     backbone=L(FPNNeck)(
@@ -59,7 +67,9 @@ model = L(GeneralizedRCNN)(
             offset=0.0,
         ),
         # IoU > 0.7 positive, < 0.3 negative (Sec. 4.1).
-        anchor_matcher=L(Matcher)(thresholds=[0.3, 0.7], labels=[0, -1, 1], allow_low_quality_matches=True),
+        anchor_matcher=L(Matcher)(
+            thresholds=[0.3, 0.7], labels=[0, -1, 1], allow_low_quality_matches=True
+        ),
         box2box_transform=L(Box2BoxTransform)(weights=[1.0, 1.0, 1.0, 1.0]),
         batch_size_per_image=256,
         positive_fraction=0.5,
@@ -71,7 +81,9 @@ model = L(GeneralizedRCNN)(
         num_classes=80,
         batch_size_per_image=512,
         positive_fraction=0.25,
-        proposal_matcher=L(Matcher)(thresholds=[0.5], labels=[0, 1], allow_low_quality_matches=False),
+        proposal_matcher=L(Matcher)(
+            thresholds=[0.5], labels=[0, 1], allow_low_quality_matches=False
+        ),
         box_in_features=["p2", "p3", "p4", "p5"],
         # Eqn. (1): k = floor(k0 + log2(sqrt(wh) / 224)), k0 = 4.
         box_pooler=L(LevelMappingROIPooler)(
@@ -84,7 +96,9 @@ model = L(GeneralizedRCNN)(
         ),
         # 2 fc layers shared by all levels (Sec. 4.2).
         box_head=L(FastRCNNConvFCHead)(
-            input_shape=ShapeSpec(channels=256, height=7, width=7), conv_dims=[], fc_dims=[1024, 1024]
+            input_shape=ShapeSpec(channels=256, height=7, width=7),
+            conv_dims=[],
+            fc_dims=[1024, 1024],
         ),
         box_predictor=L(FastRCNNOutputLayers)(
             input_shape=ShapeSpec(channels=1024),

@@ -1,7 +1,9 @@
-"""Keypoint R-CNN with FPN, R50: the Faster R-CNN of ``faster_rcnn_fpn.py`` plus Detectron2's keypoint
-head (17 COCO keypoints), whose 14x14 RoI features are pooled from the level of Eqn. (1).
-The same model as Detectron2's lazy ``common/models/keypoint_rcnn_fpn.py`` with the plugin's components.
+"""Keypoint R-CNN with FPN, R50: the Faster R-CNN of ``faster_rcnn_fpn.py`` plus Detectron2's
+keypoint head (17 COCO keypoints), whose 14x14 RoI features are pooled from the level of Eqn. (1).
+The same model as Detectron2's lazy ``common/models/keypoint_rcnn_fpn.py`` with the plugin's
+components.
 """
+
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import KRCNNConvDeconvUpsampleHead

@@ -2,6 +2,7 @@
 whose 14x14 RoI features are pooled from the level of Eqn. (1) too (:class:`LevelMappingROIPooler`).
 The same model as Detectron2's lazy ``common/models/mask_rcnn_fpn.py`` with the plugin's components.
 """
+
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import MaskRCNNConvUpsampleHead

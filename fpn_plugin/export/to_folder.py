@@ -1,0 +1,118 @@
+"""What tools/export_model.py does with an exported model: write it to a folder, load it back,
+and check its detections against the eager model's.
+
+The model given is the one the tools run (``FPNTrainer.build_model``: with the execution
+strategies of ``MODEL.ACCEL``); each export path exports the plain computation (scripting drops
+the strategies from its copy, tracing runs while they step aside), so the check compares the
+model as it runs eagerly with the file as it was written.
+"""
+
+import os
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+import detectron2.data.transforms as T
+from detectron2.config import CfgNode
+from detectron2.data.detection_utils import read_image
+from detectron2.modeling import GeneralizedRCNN
+
+from .common import ExportError, eager_detections
+from .compare import compare_detections
+from .onnx import DEFAULT_OPSET, export_onnx, run_onnx
+from .torchscript import export_scripting, export_tracing, run_scripted, run_traced
+
+__all__ = ["EXPORT_METHODS", "FORMATS", "load_image", "export_to_folder", "check_exported"]
+
+EXPORT_METHODS = ("scripting", "tracing")
+FORMATS = ("torchscript", "onnx")
+
+#: image (3, H, W) -> the exported model's detections, as :func:`eager_detections` gives them.
+RunExported = Callable[[torch.Tensor], Dict[str, torch.Tensor]]
+
+
+def load_image(cfg: CfgNode, path: Optional[str] = None) -> torch.Tensor:
+    """(3, H, W) float32 in ``INPUT.FORMAT``, 0..255, resized as ``DefaultPredictor`` does (shorter
+    side ``INPUT.MIN_SIZE_TEST``, 0 for no resize); a fixed random square image of
+    ``INPUT.MIN_SIZE_TEST`` pixels if ``path`` is None."""
+    if path is None:
+        size = cfg.INPUT.MIN_SIZE_TEST
+        return torch.rand(3, size, size, generator=torch.Generator().manual_seed(0)) * 255
+    image = read_image(path, format=cfg.INPUT.FORMAT)
+    aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    image = aug.get_transform(image).apply_image(image)
+    return torch.as_tensor(image.astype("float32").transpose(2, 0, 1))
+
+
+def export_to_folder(
+    model: GeneralizedRCNN,
+    image: torch.Tensor,
+    output: str,
+    method: str = "tracing",
+    fmt: str = "torchscript",
+    opset: int = DEFAULT_OPSET,
+    onnx_exporter: str = "legacy",
+) -> Tuple[str, RunExported, dict]:
+    """Exports ``model`` by ``method`` ("scripting" or "tracing", on the sample ``image`` (3, H, W))
+    to ``output/model.ts`` or ``output/model.onnx`` (``fmt``: "torchscript" or "onnx").
+
+    Returns the file's path, a function that runs the file loaded back on an image, and what
+    ``export.json`` records about its inputs and outputs. ``ExportError`` for a path that cannot
+    work.
+    """
+    if method not in EXPORT_METHODS or fmt not in FORMATS:
+        raise ValueError(
+            f"export method {method!r} / format {fmt!r}: use one of {EXPORT_METHODS} / {FORMATS}."
+        )
+    os.makedirs(output, exist_ok=True)
+    if fmt == "onnx":
+        if method == "scripting":
+            raise ExportError(
+                "ONNX export by scripting",
+                "the ONNX exporters take traced or torch.export programs, not scripted ones",
+                "--export-method tracing --format onnx, "
+                "or --export-method scripting --format torchscript",
+            )
+        path = os.path.join(output, "model.onnx")
+        names = export_onnx(model, image, path, opset=opset, exporter=onnx_exporter)
+        info = {
+            "input_names": ["image"],
+            "output_names": names,
+            "opset": opset,
+            "onnx_exporter": onnx_exporter,
+        }
+        return path, lambda img: run_onnx(path, img), info
+    path = os.path.join(output, "model.ts")
+    if method == "scripting":
+        torch.jit.save(export_scripting(model), path)
+        loaded = torch.jit.load(path)
+        info = {
+            "input": "Tuple[Dict[str, Tensor]]: ({'image': (3, H, W) float32},)",
+            "output": "List[Dict[str, Tensor]]",
+        }
+        return path, lambda img: run_scripted(loaded, img), info
+    traced, names = export_tracing(model, image)
+    torch.jit.save(traced, path)
+    loaded = torch.jit.load(path)
+    return (
+        path,
+        lambda img: run_traced(loaded, img, names),
+        {"input_names": ["image"], "output_names": names},
+    )
+
+
+def check_exported(
+    model: GeneralizedRCNN,
+    run_exported: RunExported,
+    images: Sequence[Tuple[str, torch.Tensor]],
+    tolerance: float,
+) -> List[dict]:
+    """For each (name, (3, H, W) image): :func:`compare_detections` of the eager model's and the
+    exported model's detections to ``tolerance`` (pixels for boxes, absolute for scores), with the
+    image's ``name`` and ``size`` [H, W] added."""
+    checks = []
+    for name, image in images:
+        result = compare_detections(eager_detections(model, image), run_exported(image), tolerance)
+        result.update({"image": name, "size": list(image.shape[1:])})
+        checks.append(result)
+    return checks
