@@ -15,6 +15,7 @@ if importlib.util.find_spec("pkg_resources") is None:
     sys.modules.setdefault("pkg_resources", types.ModuleType("pkg_resources"))
 
 from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 
 import fpn_plugin  # noqa: F401  (registers the components)
@@ -71,6 +72,29 @@ def r50_pair():
     """(Detectron2's model, the plugin's model as the tools run it), eval mode, the plugin's loaded
     from Detectron2's state_dict."""
     return build_parity_pair()
+
+
+def load_tool(file_name: str):
+    """``tools/<file_name>`` as a module, to call its functions in process: the tools are scripts,
+    not a package, so they cannot be imported by name."""
+    name = "fpn_tool_" + os.path.splitext(file_name)[0]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", file_name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def clean_catalog():
+    """A list the test adds the dataset names it registers to; they are removed afterwards, as the
+    catalogs are process-global and a later test would see them."""
+    names = []
+    yield names
+    for name in names:
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+        if name in MetadataCatalog.list():
+            MetadataCatalog.remove(name)
 
 
 def pytest_configure(config):

@@ -15,7 +15,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from fpn_plugin import add_fpn_plugin_config
-from tests.conftest import REPO, d2_cfg, plugin_cfg
+from tests.conftest import D2_R50_FPN, REPO, d2_cfg, plugin_cfg
 
 NAMES = {
     "MODEL.BACKBONE.NAME": ("build_resnet_fpn_backbone", "build_fpn_neck_backbone"),
@@ -34,16 +34,21 @@ def _flatten(node, prefix=""):
     return out
 
 
-def test_fpn_r50_is_detectron2_r50_fpn_1x_with_three_names_swapped():
-    ref = d2_cfg()
-    add_fpn_plugin_config(ref)
-    ours = plugin_cfg()
-    a, b = _flatten(ref), _flatten(ours)
+def assert_detectron2s_with_the_plugin_names(d2_name=D2_R50_FPN, path="configs/fpn_r50.yaml"):
+    """The plugin config at ``path`` is Detectron2's built-in ``d2_name`` (plus the plugin's keys at
+    their defaults) with NAMES swapped and nothing else changed: the drop-in promise, shared by
+    every config the plugin ships as a copy of a Detectron2 one."""
+    a = _flatten(add_fpn_plugin_config(d2_cfg(d2_name)))
+    b = _flatten(plugin_cfg(path))
     assert a.keys() == b.keys()
     differences = {k for k in a if a[k] != b[k]}
     assert differences == set(NAMES), differences
-    for key, (d2_name, our_name) in NAMES.items():
-        assert (a[key], b[key]) == (d2_name, our_name)
+    for key, (d2, ours) in NAMES.items():
+        assert (a[key], b[key]) == (d2, ours)
+
+
+def test_fpn_r50_is_detectron2_r50_fpn_1x_with_three_names_swapped():
+    assert_detectron2s_with_the_plugin_names()
 
 
 def test_a_detectron2_config_becomes_a_plugin_config_by_the_names_and_back():

@@ -18,9 +18,10 @@ fpn_plugin/engine/lazy_train.py. ``train.device`` "cuda" falls back to CPU when 
 ``--num-gpus N`` without GPUs runs N CPU processes (gloo).
 """
 
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 
 from fpn_plugin.accel.cpu_allocator import add_system_malloc_argument
+from fpn_plugin.engine import launch_tool
 from fpn_plugin.engine.lazy_train import (
     do_eval_only,
     do_train,
@@ -49,11 +50,4 @@ def get_parser():
 if __name__ == "__main__":
     args = get_parser().parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_tool(main, args, "lazyconfig_train_net.py")

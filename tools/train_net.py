@@ -17,9 +17,7 @@ folder given with ``--coco-dataset NAME JSON IMAGE_ROOT`` (repeatable).
 ``--num-gpus N`` without GPUs runs N CPU processes (gloo).
 """
 
-import sys
-
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
@@ -27,6 +25,7 @@ from fpn_plugin.accel.cpu_allocator import add_system_malloc_argument
 from fpn_plugin.data import register_coco_folder, register_shapes_datasets_from_config
 from fpn_plugin.engine import (
     FPNTrainer,
+    launch_tool,
     load_plugin_config,
     load_weights_for_evaluation,
     prepare_process,
@@ -69,18 +68,4 @@ def get_parser():
 if __name__ == "__main__":
     args = get_parser().parse_args()
     print("Command Line Args:", args)
-    try:
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
-    except (
-        ValueError,
-        FileNotFoundError,
-        PermissionError,
-    ) as e:  # a bad input, named in the message
-        sys.exit(f"train_net.py: error: {e}")
+    launch_tool(main, args, "train_net.py")

@@ -35,7 +35,7 @@ from .bench import Bench
 from .inputs import cycler, model_inputs, synthetic_targets
 from .memory import measure_memory
 from .models import build_torchvision_model
-from .timing import entry, time_alternately
+from .timing import timed_entry
 
 __all__ = [
     "bottom_up_input",
@@ -122,28 +122,18 @@ def measure_neck(b: Bench) -> Dict:
         cached = {w: bb.bottom_up(bottom_up_input(bb, images[w])) for w, bb in backbones.items()}
         originals = {w: bb.bottom_up for w, bb in backbones.items()}
         for key in ("bottom_up", "fpn_layers", "neck"):
+            label = f"{_NECK_LABELS[key]}, batch {o.batch}"
             if key == "fpn_layers":
                 for w, bb in backbones.items():
                     bb.bottom_up = _Replay(cached[w])
                 try:
-                    neck_fns = {
-                        w: (lambda bb=bb, x=images[w]: bb(x)) for w, bb in backbones.items()
-                    }
-                    t, samples = time_alternately(neck_fns, o.reps, o.warmup)
+                    # fns["neck"] now runs the FPN layers on the replayed bottom-up outputs.
+                    out[key] = timed_entry(label, fns["neck"], o.reps, o.warmup)
                 finally:
                     for w, bb in backbones.items():
                         bb.bottom_up = originals[w]
             else:
-                t, samples = time_alternately(fns[key], o.reps, o.warmup)
-            out[key] = entry(
-                f"{_NECK_LABELS[key]}, batch {o.batch}",
-                t["ours"],
-                t["detectron2"],
-                "s",
-                o.reps,
-                o.warmup,
-                samples=samples,
-            )
+                out[key] = timed_entry(label, fns[key], o.reps, o.warmup)
     return out
 
 
@@ -156,20 +146,9 @@ def measure_anchors(b: Bench) -> Dict:
         feats = [features[f] for f in m.proposal_generator.in_features]
         fns[w] = lambda gen=m.proposal_generator.anchor_generator, f=feats: gen(f)
     with torch.no_grad():
-        t, samples = time_alternately(fns, o.reps, o.warmup)
         num = sum(len(x) for x in fns["ours"]())
-    return {
-        "anchors": entry(
-            f"anchor generator, {num} anchors (same sizes every call)",
-            t["ours"],
-            t["detectron2"],
-            "s",
-            o.reps,
-            o.warmup,
-            samples=samples,
-            num_anchors=num,
-        )
-    }
+        label = f"anchor generator, {num} anchors (same sizes every call)"
+        return {"anchors": timed_entry(label, fns, o.reps, o.warmup, num_anchors=num)}
 
 
 def measure_pooler(b: Bench) -> Dict:
@@ -190,27 +169,22 @@ def measure_pooler(b: Bench) -> Dict:
         diff = (pooled["ours"] - pooled["detectron2"]).abs().max().item()
         scale = pooled["detectron2"].abs().max().item()
         b.cache["pooled"] = pooled
-        fns = {w: (lambda p=p, f=feats[w]: p(f, test_boxes)) for w, p in poolers.items()}
-        t, samples = time_alternately(fns, o.reps, o.warmup)
-    b.checks["pooler_max_abs_diff"] = diff
-    # Random-weight R50 features reach thousands, where float32 rounding alone is ~1e-3: the
-    # scale-free figure is the difference relative to the largest pooled value.
-    b.checks["pooler_max_rel_diff"] = diff / scale if scale > 0 else diff
-    b.checks["pooler_max_abs_value"] = scale
-    out["pooler_test"] = entry(
-        f"RoI pooler, eval: {o.batch}x{b.num_rois} RoIs ({pooler_desc})",
-        t["ours"],
-        t["detectron2"],
-        "s",
-        o.reps,
-        o.warmup,
-        samples=samples,
-        rois_per_image=b.num_rois,
-        random_rois_added=test_topped,
-        max_abs_diff=diff,
-        max_abs_value=scale,
-        max_rel_diff=b.checks["pooler_max_rel_diff"],
-    )
+        # Random-weight R50 features reach thousands, where float32 rounding alone is ~1e-3: the
+        # scale-free figure is the difference relative to the largest pooled value.
+        b.checks["pooler_max_abs_diff"] = diff
+        b.checks["pooler_max_rel_diff"] = diff / scale if scale > 0 else diff
+        b.checks["pooler_max_abs_value"] = scale
+        out["pooler_test"] = timed_entry(
+            f"RoI pooler, eval: {o.batch}x{b.num_rois} RoIs ({pooler_desc})",
+            {w: (lambda p=p, f=feats[w]: p(f, test_boxes)) for w, p in poolers.items()},
+            o.reps,
+            o.warmup,
+            rois_per_image=b.num_rois,
+            random_rois_added=test_topped,
+            max_abs_diff=diff,
+            max_abs_value=scale,
+            max_rel_diff=b.checks["pooler_max_rel_diff"],
+        )
 
     # Training: forward + backward w.r.t. the features.
     leaves = {w: [f.detach().clone().requires_grad_(True) for f in feats[w]] for w in b.models}
@@ -231,15 +205,11 @@ def measure_pooler(b: Bench) -> Dict:
     grads = {w: [f.grad for f in leaves[w]] for w in b.models}
     grad_diff = max((x - y).abs().max().item() for x, y in zip(grads["ours"], grads["detectron2"]))
     b.checks["pooler_grad_max_abs_diff"] = grad_diff
-    t, samples = time_alternately({w: (lambda w=w: step(w)) for w in b.models}, o.reps, o.warmup)
-    out["pooler_train"] = entry(
+    out["pooler_train"] = timed_entry(
         f"RoI pooler, train: {o.batch}x{b.train_rois} RoIs, forward + backward",
-        t["ours"],
-        t["detectron2"],
-        "s",
+        {w: (lambda w=w: step(w)) for w in b.models},
         o.reps,
         o.warmup,
-        samples=samples,
         rois_per_image=b.train_rois,
         random_rois_added=train_topped,
         grad_max_abs_diff=grad_diff,
@@ -262,19 +232,9 @@ def measure_box_head(b: Bench) -> Dict:
         w: (lambda h=m.roi_heads, x=pooled[w]: h.box_predictor(h.box_head(x)))
         for w, m in b.models.items()
     }
+    label = f"box head + predictor on {o.batch}x{b.num_rois} pooled RoIs"
     with torch.no_grad():
-        t, samples = time_alternately(fns, o.reps, o.warmup)
-    return {
-        "box_head": entry(
-            f"box head + predictor on {o.batch}x{b.num_rois} pooled RoIs",
-            t["ours"],
-            t["detectron2"],
-            "s",
-            o.reps,
-            o.warmup,
-            samples=samples,
-        )
-    }
+        return {"box_head": timed_entry(label, fns, o.reps, o.warmup)}
 
 
 def count_proposals(module: nn.Module, counts: List[int], torchvision_rpn: bool = False):
@@ -297,24 +257,19 @@ def measure_end_to_end(b: Bench) -> Dict:
     try:
         with torch.no_grad():
             fns = {w: (lambda m=m, nxt=cycler(inputs): m(nxt())) for w, m in b.models.items()}
-            t, samples = time_alternately(fns, o.reps, o.warmup)
+            record = timed_entry(
+                "end-to-end eval latency per image",
+                fns,
+                o.reps,
+                o.warmup,
+                proposals_per_image=counts,  # filled by the hooks while timed
+            )
     finally:
         for h in hooks:
             h.remove()
     for w in b.models:
         b.proposal_counts[f"end_to_end/{w}"] = counts[w]
-    return {
-        "end_to_end": entry(
-            "end-to-end eval latency per image",
-            t["ours"],
-            t["detectron2"],
-            "s",
-            o.reps,
-            o.warmup,
-            samples=samples,
-            proposals_per_image={w: counts[w] for w in b.models},
-        )
-    }
+    return {"end_to_end": record}
 
 
 def measure_end_to_end_batch(b: Bench) -> Dict:
@@ -322,22 +277,12 @@ def measure_end_to_end_batch(b: Bench) -> Dict:
     batch, and ``images_per_second`` of each model."""
     o = b.options
     inputs = model_inputs(b.batch_inputs)
+    label = f"end-to-end eval, batch {o.batch} in one call"
     with torch.no_grad():
         fns = {w: (lambda m=m: m(inputs)) for w, m in b.models.items()}
-        t, samples = time_alternately(fns, o.reps, o.warmup)
-    return {
-        "end_to_end_batch": entry(
-            f"end-to-end eval, batch {o.batch} in one call",
-            t["ours"],
-            t["detectron2"],
-            "s",
-            o.reps,
-            o.warmup,
-            samples=samples,
-            batch=o.batch,
-            images_per_second={w: o.batch / t[w] for w in b.models},
-        )
-    }
+        record = timed_entry(label, fns, o.reps, o.warmup, batch=o.batch)
+    record["images_per_second"] = {w: o.batch / record[w] for w in b.models}
+    return {"end_to_end_batch": record}
 
 
 def measure_train(b: Bench) -> Dict:
@@ -364,27 +309,18 @@ def measure_train(b: Bench) -> Dict:
         loss.backward()
         optims[w].step()
 
+    label = f"training iteration, batch {o.batch} (forward + backward + SGD step)"
     try:
         with EventStorage(0):
-            t, samples = time_alternately(
-                {w: (lambda w=w: step(w)) for w in models}, o.reps, o.warmup
+            record = timed_entry(
+                label, {w: (lambda w=w: step(w)) for w in models}, o.reps, o.warmup
             )
     finally:
         for h in hooks:
             h.remove()
     for w in models:
         b.proposal_counts[f"train/{w}"] = counts[w]
-    return {
-        "train": entry(
-            f"training iteration, batch {o.batch} (forward + backward + SGD step)",
-            t["ours"],
-            t["detectron2"],
-            "s",
-            o.reps,
-            o.warmup,
-            samples=samples,
-        )
-    }
+    return {"train": record}
 
 
 def measure_torchvision(b: Bench) -> Dict:
@@ -413,27 +349,21 @@ def measure_torchvision(b: Bench) -> Dict:
     ]
     try:
         with torch.no_grad():
-            fns = {"ours": (lambda nxt=cycler(inputs): b.ours(nxt())), "torchvision": tv_call}
-            t, samples = time_alternately(fns, o.reps, o.warmup)
+            record = timed_entry(
+                "end-to-end eval latency per image vs torchvision `fasterrcnn_resnet50_fpn`",
+                {"ours": (lambda nxt=cycler(inputs): b.ours(nxt())), "torchvision": tv_call},
+                o.reps,
+                o.warmup,
+                reference_name="torchvision",
+                proposals_per_image=counts,  # filled by the hooks while timed
+                torchvision_min_max_size=[min_size, max_size],
+            )
     finally:
         for h in hooks:
             h.remove()
     b.proposal_counts["torchvision/ours"] = counts["ours"]
     b.proposal_counts["torchvision/torchvision"] = counts["torchvision"]
-    return {
-        "torchvision": entry(
-            "end-to-end eval latency per image vs torchvision `fasterrcnn_resnet50_fpn`",
-            t["ours"],
-            t["torchvision"],
-            "s",
-            o.reps,
-            o.warmup,
-            reference_name="torchvision",
-            samples=samples,
-            proposals_per_image=counts,
-            torchvision_min_max_size=[min_size, max_size],
-        )
-    }
+    return {"torchvision": record}
 
 
 #: name (``--only``, see ``MEASUREMENTS`` for the order) -> measurement.

@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, Mapping, Tuple
 
 from torch.utils.benchmark import timer as synchronized_clock
 
-__all__ = ["time_alternately", "entry"]
+__all__ = ["time_alternately", "entry", "timed_entry"]
 
 
 def time_alternately(
@@ -59,3 +59,27 @@ def entry(
         record["samples"] = samples
     record.update(details)
     return record
+
+
+def timed_entry(
+    label: str,
+    fns: Mapping[str, Callable[[], object]],
+    reps: int,
+    warmup: int,
+    reference_name: str = "detectron2",
+    **details,
+) -> Dict:
+    """:func:`entry` of ``fns`` = {"ours": ..., ``reference_name``: ...} timed by
+    :func:`time_alternately` (seconds, with every sample)."""
+    t, samples = time_alternately(fns, reps, warmup)
+    return entry(
+        label,
+        t["ours"],
+        t[reference_name],
+        "s",
+        reps,
+        warmup,
+        reference_name=reference_name,
+        samples=samples,
+        **details,
+    )

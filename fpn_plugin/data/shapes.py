@@ -498,35 +498,63 @@ def _write_split(out_dir: str, params: Dict[str, Any], progress: bool) -> None:
     """Generate all images of a split into ``out_dir``/images, then its annotation file."""
     split, num_images = params["split"], params["num_images"]
     image_size, min_size, max_size = params["image_size"], params["min_size"], params["max_size"]
-    image_dir = os.path.join(out_dir, _IMAGES)
-    os.makedirs(image_dir)
+    os.makedirs(os.path.join(out_dir, _IMAGES))
     images, annotations = [], []
     for index in tqdm(
         range(num_images), desc=f"fpn_shapes '{split}'", unit="img", disable=not progress
     ):
         pixels, objects = _make_image(_image_rng(params, index), image_size, min_size, max_size)
-        file_name = f"{index:06d}{_IMAGE_EXT}"
-        Image.fromarray(pixels).save(
-            os.path.join(image_dir, file_name), quality=_JPEG_QUALITY, subsampling=0
-        )
-        image_id = index + 1
-        images.append(
-            {"id": image_id, "file_name": file_name, "width": image_size, "height": image_size}
-        )
-        for obj in objects:
-            annotations.append(_instance_annotation(obj, len(annotations) + 1, image_id))
+        _save_image(out_dir, index, pixels, objects, images, annotations)
+    info = {
+        "description": "fpn_shapes: synthetic solid shapes for FPN detection (fpn_plugin)",
+        "generator": _GENERATOR,
+        "params": params,
+    }
+    _write_coco_json(
+        os.path.join(out_dir, _ANNOTATIONS), info, images, annotations, _shape_categories()
+    )
+
+
+def _save_image(
+    out_dir: str,
+    index: int,
+    pixels: np.ndarray,
+    objects: List[Dict[str, Any]],
+    images: List[Dict[str, Any]],
+    annotations: List[Dict[str, Any]],
+) -> int:
+    """Save image ``index`` of a split, ``pixels`` (H, W, 3) uint8 RGB, as
+    ``out_dir/images/<index>.jpg``; append its COCO image record to ``images`` and the instance
+    annotations of its ``objects`` (of :func:`_make_image`) to ``annotations``. Returns its image
+    id (``index + 1``)."""
+    file_name = f"{index:06d}{_IMAGE_EXT}"
+    Image.fromarray(pixels).save(
+        os.path.join(out_dir, _IMAGES, file_name), quality=_JPEG_QUALITY, subsampling=0
+    )
+    image_id = index + 1
+    height, width = pixels.shape[:2]
+    images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+    for obj in objects:
+        annotations.append(_instance_annotation(obj, len(annotations) + 1, image_id))
+    return image_id
+
+
+def _write_coco_json(
+    path: str,
+    info: Dict[str, Any],
+    images: List[Dict[str, Any]],
+    annotations: List[Dict[str, Any]],
+    categories: List[Dict[str, Any]],
+) -> None:
+    """Write a COCO-format JSON file (compact: the same bytes for the same content)."""
     data = {
-        "info": {
-            "description": "fpn_shapes: synthetic solid shapes for FPN detection (fpn_plugin)",
-            "generator": _GENERATOR,
-            "params": params,
-        },
+        "info": info,
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": _shape_categories(),
+        "categories": categories,
     }
-    with open(os.path.join(out_dir, _ANNOTATIONS), "w", encoding="utf-8") as f:
+    with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, separators=(",", ":"))
 
 
@@ -566,7 +594,21 @@ def generate_shapes_dataset(
     parameters, nothing is written; if it holds an incomplete or different one made by this
     function, it is replaced; anything else there raises ``FileExistsError``.
     """
-    root = os.path.abspath(os.path.expanduser(os.fspath(root)))
+    root = _checked_split_args(root, split, num_images, seed, image_size, min_size, max_size)
+    params = _split_params(split, num_images, seed, image_size, min_size, max_size)
+    return _generate_split(root, params, _write_split, progress)
+
+
+def _checked_split_args(
+    root: str,
+    split: str,
+    num_images: int,
+    seed: int,
+    image_size: int,
+    min_size: float,
+    max_size: float,
+) -> str:
+    """The absolute path of ``root``; raises ``ValueError`` naming a bad argument of a split."""
     if not split or split.startswith(".") or os.sep in split or (os.altsep and os.altsep in split):
         raise ValueError(f"split must be a plain folder name such as 'train', got {split!r}")
     if int(num_images) < 1:
@@ -579,8 +621,7 @@ def generate_shapes_dataset(
         raise ValueError(
             f"need 1 <= min_size <= max_size (pixels), got min_size={min_size}, max_size={max_size}"
         )
-    params = _split_params(split, num_images, seed, image_size, min_size, max_size)
-    return _generate_split(root, params, _write_split, progress)
+    return os.path.abspath(os.path.expanduser(os.fspath(root)))
 
 
 def _generate_split(
@@ -692,25 +733,8 @@ def register_shapes_datasets(
         seed: random seed of the training split (non-negative).
         image_size: image width and height, pixels.
     """
-    root = os.path.abspath(
-        os.path.expanduser(os.fspath(root) if root is not None else default_data_root())
-    )
-    dataset_dir = os.path.join(
-        root,
-        f"fpn_shapes_{int(image_size)}px_seed{int(seed)}_train{int(num_train)}_val{int(num_val)}",
-    )
-    splits: Sequence[Tuple[str, str, int, int]] = (
-        (SHAPES_TRAIN, "train", num_train, seed),
-        (SHAPES_VAL, "val", num_val, seed + 1),
-    )
-    for name, split, num_images, split_seed in splits:
-        spec = {
-            "root": dataset_dir,
-            "split": split,
-            "num_images": int(num_images),
-            "seed": int(split_seed),
-            "image_size": int(image_size),
-        }
+    specs = _split_specs("fpn_shapes", root, num_train, num_val, seed, image_size)
+    for name, spec in zip((SHAPES_TRAIN, SHAPES_VAL), specs):
         metadata = {
             "thing_classes": list(SHAPE_CLASSES),
             "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(SHAPE_CLASSES))},
@@ -720,7 +744,7 @@ def register_shapes_datasets(
             "keypoint_oks_sigmas": list(SHAPE_KEYPOINT_OKS_SIGMAS),
             "fpn_shapes": dict(spec),
         }
-        split_dir = os.path.join(dataset_dir, split)
+        split_dir = os.path.join(spec["root"], spec["split"])
         register_idempotent(
             name,
             os.path.join(split_dir, _ANNOTATIONS),
@@ -728,6 +752,36 @@ def register_shapes_datasets(
             metadata,
             _ShapesLoader(name, spec),
         )
+
+
+def _split_specs(
+    prefix: str,
+    root: Optional[str],
+    num_train: int,
+    num_val: int,
+    seed: int,
+    image_size: int,
+) -> List[Dict[str, Any]]:
+    """The generator's arguments of the "train" and "val" splits of a dataset cached in
+    ``<root>/<prefix>_<image_size>px_seed<seed>_train<num_train>_val<num_val>`` (``root`` None:
+    :func:`default_data_root`); validation uses ``seed + 1``."""
+    root = os.path.abspath(
+        os.path.expanduser(os.fspath(root) if root is not None else default_data_root())
+    )
+    name = f"{prefix}_{int(image_size)}px_seed{int(seed)}_train{int(num_train)}_val{int(num_val)}"
+    return [
+        {
+            "root": os.path.join(root, name),
+            "split": split,
+            "num_images": int(num_images),
+            "seed": int(split_seed),
+            "image_size": int(image_size),
+        }
+        for split, num_images, split_seed in (
+            ("train", num_train, seed),
+            ("val", num_val, seed + 1),
+        )
+    ]
 
 
 def register_shapes_datasets_from_config(cfg) -> None:

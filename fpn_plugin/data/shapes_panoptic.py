@@ -38,7 +38,6 @@ Generation is deterministic, atomic and cached as for ``fpn_shapes`` (the parame
 registered as Detectron2 registers COCO panoptic (:func:`register_shapes_panoptic_datasets`).
 """
 
-import json
 import math
 import os
 from typing import Any, Dict, List, Optional, Tuple
@@ -54,19 +53,19 @@ from detectron2.data.datasets import register_coco_panoptic, register_coco_panop
 from .shapes import (
     _ANNOTATIONS,
     _GENERATORS,
-    _IMAGE_EXT,
     _IMAGES,
-    _JPEG_QUALITY,
     SHAPE_CLASSES,
     _background,
+    _checked_split_args,
     _generate_split,
     _image_rng,
-    _instance_annotation,
     _make_image,
     _random_color,
+    _save_image,
     _shape_categories,
     _split_params,
-    default_data_root,
+    _split_specs,
+    _write_coco_json,
 )
 
 __all__ = [
@@ -219,27 +218,21 @@ def _make_panoptic_image(
 
 def _panoptic_categories() -> List[Dict[str, Any]]:
     """COCO-panoptic categories: the things (ids 1..4, isthing 1), then the stuff (5..7)."""
-    things = [
+    groups = (
+        (SHAPE_CLASSES, _THING_ID_OFFSET, "shape", 1, _THING_COLORS),
+        (STUFF_CLASSES, _STUFF_ID_OFFSET, "background", 0, _STUFF_COLORS),
+    )
+    return [
         {
-            "id": _THING_ID_OFFSET + i,
+            "id": first_id + i,
             "name": name,
-            "supercategory": "shape",
-            "isthing": 1,
-            "color": list(_THING_COLORS[i]),
+            "supercategory": supercategory,
+            "isthing": isthing,
+            "color": list(colors[i]),
         }
-        for i, name in enumerate(SHAPE_CLASSES)
+        for names, first_id, supercategory, isthing, colors in groups
+        for i, name in enumerate(names)
     ]
-    stuff = [
-        {
-            "id": _STUFF_ID_OFFSET + i,
-            "name": name,
-            "supercategory": "background",
-            "isthing": 0,
-            "color": list(_STUFF_COLORS[i]),
-        }
-        for i, name in enumerate(STUFF_CLASSES)
-    ]
-    return things + stuff
 
 
 def _write_panoptic_split(out_dir: str, params: Dict[str, Any], progress: bool) -> None:
@@ -260,41 +253,18 @@ def _write_panoptic_split(out_dir: str, params: Dict[str, Any], progress: bool) 
         pixels, objects, ids, semantic, segments = _make_panoptic_image(
             rng, image_size, min_size, max_size
         )
+        image_id = _save_image(out_dir, index, pixels, objects, images, annotations)
         stem = f"{index:06d}"
-        file_name = stem + _IMAGE_EXT
-        Image.fromarray(pixels).save(
-            os.path.join(out_dir, _IMAGES, file_name), quality=_JPEG_QUALITY, subsampling=0
-        )
         Image.fromarray(_id_to_rgb(ids)).save(os.path.join(out_dir, _PANOPTIC, stem + _PNG))
         Image.fromarray(semantic, mode="L").save(os.path.join(out_dir, _SEM_SEG, stem + _PNG))
-        image_id = index + 1
-        images.append(
-            {"id": image_id, "file_name": file_name, "width": image_size, "height": image_size}
-        )
-        for obj in objects:
-            annotations.append(_instance_annotation(obj, len(annotations) + 1, image_id))
         for segment in segments:
             mask = ids == segment["id"]
             segment.update(iscrowd=0, bbox=_mask_box(mask), area=int(mask.sum()))
         panoptic.append({"image_id": image_id, "file_name": stem + _PNG, "segments_info": segments})
-    panoptic_data = {
-        "info": info,
-        "licenses": [],
-        "images": images,
-        "annotations": panoptic,
-        "categories": _panoptic_categories(),
-    }
-    with open(os.path.join(out_dir, _PANOPTIC_JSON), "w", encoding="utf-8") as f:
-        json.dump(panoptic_data, f, separators=(",", ":"))
-    instances = {
-        "info": info,
-        "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": _shape_categories(),
-    }
-    with open(os.path.join(out_dir, _ANNOTATIONS), "w", encoding="utf-8") as f:
-        json.dump(instances, f, separators=(",", ":"))
+    categories = _panoptic_categories()
+    _write_coco_json(os.path.join(out_dir, _PANOPTIC_JSON), info, images, panoptic, categories)
+    categories = _shape_categories()
+    _write_coco_json(os.path.join(out_dir, _ANNOTATIONS), info, images, annotations, categories)
 
 
 def _panoptic_params(
@@ -346,20 +316,8 @@ def generate_shapes_panoptic_dataset(
     Raises ``ValueError`` naming a bad argument; the cache and the errors about the folder are
     those of :func:`~fpn_plugin.data.generate_shapes_dataset`.
     """
-    root = os.path.abspath(os.path.expanduser(os.fspath(root)))
-    if not split or split.startswith(".") or os.sep in split or (os.altsep and os.altsep in split):
-        raise ValueError(f"split must be a plain folder name such as 'train', got {split!r}")
-    if int(num_images) < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
-    if int(seed) < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed}")
-    if int(image_size) < 32:
-        raise ValueError(f"image_size must be >= 32 pixels, got {image_size}")
     max_size = int(image_size) / 2 if max_size is None else max_size
-    if not 1 <= min_size <= max_size:
-        raise ValueError(
-            f"need 1 <= min_size <= max_size (pixels), got min_size={min_size}, max_size={max_size}"
-        )
+    root = _checked_split_args(root, split, num_images, seed, image_size, min_size, max_size)
     params = _panoptic_params(split, num_images, seed, image_size, min_size, max_size)
     _generate_split(root, params, _write_panoptic_split, progress, companions=_COMPANIONS)
     return _split_paths(os.path.join(root, split))
@@ -486,22 +444,6 @@ def register_shapes_panoptic_datasets(
     registration replaces the previous one. The arguments are those of
     :func:`~fpn_plugin.data.register_shapes_datasets`.
     """
-    root = os.path.abspath(
-        os.path.expanduser(os.fspath(root) if root is not None else default_data_root())
-    )
-    dataset_dir = os.path.join(
-        root,
-        f"fpn_shapes_panoptic_{int(image_size)}px_seed{int(seed)}_train{int(num_train)}_val{int(num_val)}",
-    )
-    for name, split, num_images, split_seed in (
-        (SHAPES_PANOPTIC_TRAIN, "train", num_train, seed),
-        (SHAPES_PANOPTIC_VAL, "val", num_val, seed + 1),
-    ):
-        spec = {
-            "root": dataset_dir,
-            "split": split,
-            "num_images": int(num_images),
-            "seed": int(split_seed),
-            "image_size": int(image_size),
-        }
+    specs = _split_specs("fpn_shapes_panoptic", root, num_train, num_val, seed, image_size)
+    for name, spec in zip((SHAPES_PANOPTIC_TRAIN, SHAPES_PANOPTIC_VAL), specs):
         _register_split(name, spec)

@@ -1,16 +1,18 @@
 """What the command-line tools share: loading a plugin config, choosing the device, the CPU
-allocator."""
+allocator, launching the processes."""
 
 import logging
 import os
-from typing import Sequence
+import sys
+from typing import Callable, Sequence
 
 from detectron2.config import CfgNode
+from detectron2.engine import launch
 
 from ..accel.cpu_allocator import keep_freed_memory_for_tool
 from ..config import fall_back_to_cpu, get_plugin_cfg
 
-__all__ = ["load_plugin_config", "prepare_process"]
+__all__ = ["load_plugin_config", "prepare_process", "launch_tool"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,3 +38,22 @@ def prepare_process(cfg: CfgNode, args, log=print) -> None:
     for message in (fall_back_to_cpu(cfg), keep_freed_memory_for_tool(args, cfg.MODEL.DEVICE)):
         if message:
             log(message)
+
+
+def launch_tool(main: Callable, args, prog: str) -> None:
+    """Run ``main(args)`` in the processes of Detectron2's ``default_argument_parser`` ``args``
+    (``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``) with
+    ``detectron2.engine.launch``. A bad input -- ``ValueError``, ``FileNotFoundError`` or
+    ``PermissionError``, whose messages name the input and the fix -- ends the tool as argparse
+    does, ``<prog>: error: <message>`` and exit status 1, instead of a traceback."""
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except (ValueError, FileNotFoundError, PermissionError) as e:
+        sys.exit(f"{prog}: error: {e}")

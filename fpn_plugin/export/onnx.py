@@ -52,36 +52,29 @@ def export_onnx(
         ) from e
     adapter = tracing_adapter(plain_copy(model), image)
     with torch.no_grad():
-        adapter(
-            *adapter.flattened_inputs
-        )  # one eager run: the ONNX graph needs the output names first
+        # One eager run: the ONNX graph needs the output names first.
+        adapter(*adapter.flattened_inputs)
     names = output_names(adapter)
     try:
+        # The legacy exporter takes the variable sizes as dynamic_axes; dynamo derives them.
+        dynamic = {}
+        if exporter == "legacy":
+            axes = {
+                "image": {1: "height", 2: "width"},
+                **{n: {0: "detections"} for n in names[:-1]},
+            }
+            dynamic = {"dynamic_axes": axes}
         with torch.no_grad():
-            if exporter == "legacy":
-                torch.onnx.export(
-                    adapter,
-                    adapter.flattened_inputs,
-                    f,
-                    dynamo=False,
-                    opset_version=opset,
-                    input_names=["image"],
-                    output_names=names,
-                    dynamic_axes={
-                        "image": {1: "height", 2: "width"},
-                        **{n: {0: "detections"} for n in names[:-1]},
-                    },
-                )
-            else:
-                torch.onnx.export(
-                    adapter,
-                    adapter.flattened_inputs,
-                    f,
-                    dynamo=True,
-                    opset_version=opset,
-                    input_names=["image"],
-                    output_names=names,
-                )
+            torch.onnx.export(
+                adapter,
+                adapter.flattened_inputs,
+                f,
+                dynamo=exporter != "legacy",
+                opset_version=opset,
+                input_names=["image"],
+                output_names=names,
+                **dynamic,
+            )
     except Exception as e:
         reason = first_line(e)
         if exporter == "dynamo":

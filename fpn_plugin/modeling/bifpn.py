@@ -306,7 +306,8 @@ class BiFPN(Backbone):
         Args:
             x: images (N, C_in, H, W), H and W multiples of ``size_divisibility``.
         Returns:
-            dict "p<k>" -> (N, out_channels, H / 2**k, W / 2**k), finest first.
+            dict "p<k>" -> P_k^out of the last layer, (N, out_channels, H / 2**k, W / 2**k): the
+            input levels, finest first, then the extra ones.
         """
         features = self.bottom_up(x)
         # P_k^in: C_k mapped to d channels.

@@ -122,23 +122,18 @@ class PathAggregationNeck(FPNNeck):
         self.bottom_up_fusions: List[Optional[nn.Module]] = [None]
         if path_augmentation:
             for stage in stages[1:]:
-                down = Conv2d(
-                    out_channels,
-                    out_channels,
-                    kernel_size=3,
-                    stride=2,
-                    padding=1,
-                    bias=use_bias,
-                    norm=get_norm(norm, out_channels),
-                )
-                out = Conv2d(
-                    out_channels,
-                    out_channels,
-                    kernel_size=3,
-                    stride=1,
-                    padding=1,
-                    bias=use_bias,
-                    norm=get_norm(norm, out_channels),
+                # Two 3x3 convs: stride 2 (N_i -> the size of P_{i+1}), then on the sum.
+                down, out = (
+                    Conv2d(
+                        out_channels,
+                        out_channels,
+                        kernel_size=3,
+                        stride=stride,
+                        padding=1,
+                        bias=use_bias,
+                        norm=get_norm(norm, out_channels),
+                    )
+                    for stride in (2, 1)
                 )
                 for conv in (down, out):
                     weight_init.c2_xavier_fill(conv)

@@ -13,7 +13,7 @@ from fpn_plugin import LevelMappingROIPooler
 from fpn_plugin.accel import AccelOptions, accelerate
 from fpn_plugin.accel.parallel_pooler import ParallelROIAlign
 from fpn_plugin.benchmark.workload import random_boxes
-from tests.modeling.test_pooler import DEGENERATE_BOXES, SCALES, _features
+from tests.modeling.test_pooler import DEGENERATE_BOXES, SCALES, _features, _image_boxes
 
 
 @pytest.fixture
@@ -36,10 +36,7 @@ def _parallel(*args, mode="auto", **kwargs):
 def test_equals_detectron2_bit_for_bit(pooler_type, sampling_ratio, mode, two_threads, monkeypatch):
     g = torch.Generator().manual_seed(1)
     feats = _features(generator=g)
-    boxes = [
-        Boxes(random_boxes(301, 224, 320, g, 2.0, 320.0)),
-        Boxes(random_boxes(97, 224, 320, g, 2.0, 320.0)),
-    ]
+    boxes = _image_boxes(g, (301, 97), 2.0, 320.0)
     args = dict(
         output_size=7, scales=SCALES, sampling_ratio=sampling_ratio, pooler_type=pooler_type
     )
@@ -72,10 +69,7 @@ def test_with_gradients_parallel_is_detectron2_and_auto_is_the_embedding_bag(
     gradients bit for bit), and "auto" the one-call embedding bag (equal to float rounding)."""
     g = torch.Generator().manual_seed(4)
     feats = _features(generator=g)
-    boxes = [
-        Boxes(random_boxes(60, 224, 320, g, 4.0, 300.0)),
-        Boxes(random_boxes(40, 224, 320, g, 4.0, 300.0)),
-    ]
+    boxes = _image_boxes(g, (60, 40), 4.0, 300.0)
     monkeypatch.setattr(parallel_module, "_executor", lambda n: pytest.fail("threads with grad"))
     embedding_bag_calls = []
     one_call = multilevel_module.multilevel_roi_align

@@ -14,7 +14,17 @@ from fpn_plugin.accel import AccelOptions, accelerate
 from fpn_plugin.accel.multilevel_pooler import MultiLevelROIAlign
 from fpn_plugin.accel.roi_align import multilevel_roi_align
 from fpn_plugin.benchmark.workload import random_boxes
-from tests.modeling.test_pooler import DEGENERATE_BOXES, SCALES, _boundary_boxes, _features
+from tests.modeling.test_pooler import (
+    SCALES,
+    _features,
+    _image_boxes,
+    assert_close,
+    check_backward_against_detectron2,
+    check_degenerate_boxes_give_finite_outputs,
+    check_non_finite_boxes_pool_to_zeros,
+    check_pooled_features_against_detectron2,
+    check_real_sized_load,
+)
 
 
 def fast_pooler(*args, reuse_workspace=True, **kwargs):
@@ -31,29 +41,12 @@ def fast_pooler(*args, reuse_workspace=True, **kwargs):
 @pytest.mark.parametrize("pooler_type", ["ROIAlignV2", "ROIAlign"])
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
 def test_pooled_features_equal_detectron2(pooler_type, sampling_ratio):
-    g = torch.Generator().manual_seed(1)
-    feats = _features(generator=g)
-    boxes = [
-        Boxes(
-            torch.cat(
-                [_boundary_boxes().clamp(max=223), random_boxes(150, 224, 320, g, 2.0, 320.0)]
-            )
-        ),
-        Boxes(random_boxes(120, 224, 320, g, 2.0, 320.0)),
-    ]
-    for output_size in (7, (14, 14)):
-        args = dict(
-            output_size=output_size,
-            scales=SCALES,
-            sampling_ratio=sampling_ratio,
-            pooler_type=pooler_type,
-        )
-        ref = ROIPooler(**args)(feats, boxes)
-        pooler = fast_pooler(**args)
-        assert pooler.pools_in_one_call(feats[0])
-        ours = pooler(feats, boxes)
-        assert ours.shape == ref.shape
-        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+    def make_pooler(*args, **kwargs):
+        pooler = fast_pooler(*args, **kwargs)
+        assert pooler.pools_in_one_call(_features()[0])
+        return pooler
+
+    check_pooled_features_against_detectron2(make_pooler, pooler_type, sampling_ratio, assert_close)
 
 
 def test_roipool_and_per_level_are_left_to_the_roi_ops():
@@ -69,28 +62,11 @@ def test_roipool_and_per_level_are_left_to_the_roi_ops():
 
 
 def test_real_sized_load_matches_detectron2():
-    """2 x 1000 RoIs on 256-channel P2-P5 of an 800 x 1216 image, adaptive sampling (the benchmark's
-    case)."""
-    g = torch.Generator().manual_seed(2)
-    feats = [torch.randn(2, 256, 800 // s, 1216 // s, generator=g) for s in (4, 8, 16, 32)]
-    boxes = [Boxes(random_boxes(1000, 800, 1216, g, 8.0, 900.0)) for _ in range(2)]
-    args = dict(output_size=7, scales=SCALES, sampling_ratio=0, pooler_type="ROIAlignV2")
-    pooler = fast_pooler(**args)
-    torch.testing.assert_close(
-        pooler(feats, boxes), ROIPooler(**args)(feats, boxes), rtol=1e-4, atol=1e-4
-    )
-    counts = torch.bincount(pooler.last_levels, minlength=6)[2:]
-    assert (counts > 0).all()  # every level got RoIs
+    check_real_sized_load(fast_pooler)
 
 
 def test_degenerate_boxes_give_finite_outputs():
-    feats = _features()
-    for pooler_type in ("ROIAlignV2", "ROIAlign"):
-        for sampling_ratio in (0, 2):
-            pooler = fast_pooler(7, SCALES, sampling_ratio, pooler_type)
-            out = pooler(feats, [Boxes(DEGENERATE_BOXES), Boxes(DEGENERATE_BOXES[:0])])
-            assert out.shape == (6, 16, 7, 7)
-            assert torch.isfinite(out).all()
+    check_degenerate_boxes_give_finite_outputs(fast_pooler, ("ROIAlignV2", "ROIAlign"))
 
 
 @pytest.mark.parametrize("aligned", [True, False])
@@ -116,20 +92,7 @@ def test_backward_gradcheck(aligned, sampling_ratio):
 
 
 def test_backward_matches_detectron2():
-    g = torch.Generator().manual_seed(4)
-    feats = _features(generator=g)
-    boxes = [
-        Boxes(random_boxes(60, 224, 320, g, 4.0, 300.0)),
-        Boxes(random_boxes(40, 224, 320, g, 4.0, 300.0)),
-    ]
-    grads = []
-    for pooler in (ROIPooler(7, SCALES, 0, "ROIAlignV2"), fast_pooler(7, SCALES, 0, "ROIAlignV2")):
-        xs = [f.clone().requires_grad_() for f in feats]
-        out = pooler(xs, boxes)
-        out.backward(torch.ones_like(out) * torch.arange(out.numel()).view_as(out).remainder(7))
-        grads.append([x.grad for x in xs])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    check_backward_against_detectron2(fast_pooler)
 
 
 def test_inference_in_chunks_matches_one_call_and_detectron2(monkeypatch):
@@ -137,10 +100,7 @@ def test_inference_in_chunks_matches_one_call_and_detectron2(monkeypatch):
 
     g = torch.Generator().manual_seed(6)
     feats = _features(generator=g)
-    boxes = [
-        Boxes(random_boxes(101, 224, 320, g, 2.0, 320.0)),
-        Boxes(random_boxes(50, 224, 320, g, 2.0, 320.0)),
-    ]
+    boxes = _image_boxes(g, (101, 50), 2.0, 320.0)
     pooler = fast_pooler(7, SCALES, 0, "ROIAlignV2")
     with torch.no_grad():
         one_chunk = pooler(feats, boxes)  # 151 RoIs of 16 x 49 floats: one chunk per group
@@ -230,17 +190,7 @@ def test_detectron2s_pooler_is_replaced_by_its_equivalent():
 
 @pytest.mark.parametrize("mode", ["parallel", "embedding_bag"])
 def test_non_finite_boxes_pool_to_zeros(mode):
-    from tests.modeling.test_pooler import NON_FINITE_BOXES
+    def make_pooler(*args):
+        return accelerate(LevelMappingROIPooler(*args), AccelOptions(roi_align=mode))
 
-    g = torch.Generator().manual_seed(8)
-    feats = _features(generator=g)
-    good = random_boxes(5, 224, 320, g, 4.0, 300.0)
-    boxes = [Boxes(torch.cat([NON_FINITE_BOXES, good])), Boxes(good)]
-    pooler = accelerate(
-        LevelMappingROIPooler(7, SCALES, 0, "ROIAlignV2"), AccelOptions(roi_align=mode)
-    )
-    with torch.no_grad():
-        out = pooler(feats, boxes)
-    assert torch.equal(out[:4], torch.zeros_like(out[:4]))
-    ref = ROIPooler(7, SCALES, 0, "ROIAlignV2")(feats, [Boxes(good), Boxes(good)])
-    torch.testing.assert_close(out[4:], ref, rtol=1e-4, atol=1e-4)
+    check_non_finite_boxes_pool_to_zeros(make_pooler, assert_close)

@@ -62,18 +62,6 @@ def shapes40(tmp_path_factory):
     return json_path, _load(json_path)
 
 
-@pytest.fixture
-def clean_catalog():
-    """Remove this test's registrations afterwards: the catalogs are process-global."""
-    names = []
-    yield names
-    for name in names:
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-        if name in MetadataCatalog.list():
-            MetadataCatalog.remove(name)
-
-
 # --- Determinism -------------------------------------------------------------------------------
 
 

@@ -66,16 +66,6 @@ def split(tmp_path_factory):
     return paths, _load(paths["panoptic_json"]), _load(paths["instances_json"])
 
 
-@pytest.fixture
-def clean_catalog():
-    yield
-    for name in NAMES:
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-        if name in MetadataCatalog.list():
-            MetadataCatalog.remove(name)
-
-
 def test_same_arguments_same_bytes_other_seed_other_data(tmp_path):
     kwargs = dict(split="val", num_images=3, image_size=96, progress=False)
     a = generate_shapes_panoptic_dataset(str(tmp_path / "a"), seed=2, **kwargs)
@@ -212,6 +202,7 @@ def test_invalid_arguments(tmp_path, kwargs, words):
 
 
 def test_registered_like_coco_panoptic_and_read_by_detectron2(tmp_path, clean_catalog):
+    clean_catalog += NAMES
     register_shapes_panoptic_datasets(
         root=str(tmp_path), num_train=3, num_val=2, seed=0, image_size=96
     )

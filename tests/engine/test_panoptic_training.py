@@ -11,7 +11,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from fpn_plugin.data import SHAPES_PANOPTIC_TRAIN, SHAPES_PANOPTIC_VAL, SHAPES_TRAIN, SHAPES_VAL
 from fpn_plugin.engine.trainer import FPNTrainer
 from fpn_plugin.evaluation import PANOPTIC_RESULT_KEYS
-from tests.engine.test_training import read_metrics, tiny_cfg
+from tests.engine.test_training import read_metrics, tiny_cfg, train_tiny
 
 # Low thresholds: after 3 iterations few detections pass the defaults, and AP needs some.
 EVAL_OPTS = [
@@ -42,22 +42,9 @@ def data_root(tmp_path_factory):
 
 
 def test_tiny_panoptic_training_then_ap_miou_and_pq(data_root, tmp_path):
-    cfg = tiny_cfg(
-        data_root,
-        tmp_path,
-        "SOLVER.MAX_ITER",
-        3,
-        "SOLVER.CHECKPOINT_PERIOD",
-        100,
-        "DATASETS.FPN_SHAPES.NUM_VAL",
-        2,
-        *EVAL_OPTS,
-        config="quickstart_panoptic.yaml",
-    )
+    opts = ["DATASETS.FPN_SHAPES.NUM_VAL", 2, *EVAL_OPTS]
+    cfg, trainer, _ = train_tiny(data_root, tmp_path, 3, *opts, config="quickstart_panoptic.yaml")
     assert cfg.DATASETS.TRAIN == ("fpn_shapes_panoptic_train_separated",)
-    trainer = FPNTrainer(cfg)
-    trainer.resume_or_load(resume=False)
-    trainer.train()
     last = [m for m in read_metrics(tmp_path) if "total_loss" in m][-1]
     assert last["iteration"] == 2
     losses = {k for k in last if k.startswith("loss_")}

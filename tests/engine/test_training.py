@@ -64,6 +64,19 @@ def tiny_cfg(data_root, output_dir, *opts, config="quickstart.yaml"):
     return cfg
 
 
+def train_tiny(data_root, output_dir, max_iter, *opts, config="quickstart.yaml"):
+    """FPNTrainer on ``tiny_cfg(data_root, output_dir, *opts, config=config)``, trained from scratch
+    for ``max_iter`` iterations and checkpointed only at the end: (cfg, trainer, copies of the
+    backbone's parameters before the first step, for the tests of what training changed)."""
+    opts = ("SOLVER.MAX_ITER", max_iter, "SOLVER.CHECKPOINT_PERIOD", 1000, *opts)
+    cfg = tiny_cfg(data_root, output_dir, *opts, config=config)
+    trainer = FPNTrainer(cfg)
+    initial = {n: p.detach().clone() for n, p in trainer.model.backbone.named_parameters()}
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    return cfg, trainer, initial
+
+
 def read_metrics(output_dir):
     with open(os.path.join(output_dir, "metrics.json")) as f:
         return [json.loads(line) for line in f if line.strip()]

@@ -9,7 +9,6 @@ equal). R50-FPN (configs/fpn_r50.yaml) is checked by scripting. tools/export_mod
 subprocess, end to end and on a path that cannot work.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -38,7 +37,7 @@ from fpn_plugin.export import (
     run_traced,
 )
 from fpn_plugin.export.to_folder import export_to_folder
-from tests.conftest import REPO, plugin_cfg
+from tests.conftest import REPO, load_tool, plugin_cfg
 
 TOOL = os.path.join(REPO, "tools", "export_model.py")
 TOL = 1e-3
@@ -158,6 +157,15 @@ def _run_tool(args, timeout=300):
     )
 
 
+def _tool_args(method, output, *flags, opts=()):
+    """tools/export_model.py's arguments for the quickstart detector on the CPU: ``flags`` (the
+    tool's own), then ``opts`` (config KEY VALUE pairs). The config path is absolute, so the same
+    arguments serve in process and as a subprocess."""
+    config = os.path.join(REPO, "configs", "quickstart.yaml")
+    head = ["--config-file", config, "--export-method", method, *flags, "--output", str(output)]
+    return [*head, "MODEL.DEVICE", "cpu", *opts]
+
+
 def _save_png(img, path):
     # BGR float (3, H, W) -> RGB uint8 file, read back by the tool as BGR.
     Image.fromarray(img.flip(0).permute(1, 2, 0).round().clamp(0, 255).byte().numpy()).save(path)
@@ -176,30 +184,10 @@ def test_tool_exports_onnx_and_checks_it(weights, tmp_path):
     _save_png(_image(384, 448, 4), sample)
     _save_png(_image(320, 512, 5), other)
     out = tmp_path / "out"
-    proc = _run_tool(
-        [
-            "--config-file",
-            "configs/quickstart.yaml",
-            "--export-method",
-            "tracing",
-            "--format",
-            "onnx",
-            "--sample-image",
-            sample,
-            "--check",
-            "--check-images",
-            other,
-            "--output",
-            str(out),
-            # MIN_SIZE_TEST 0: images are not resized, so the check runs on two sizes.
-            "MODEL.WEIGHTS",
-            weights,
-            "MODEL.DEVICE",
-            "cpu",
-            "INPUT.MIN_SIZE_TEST",
-            "0",
-        ]
-    )
+    flags = ["--format", "onnx", "--sample-image", sample, "--check", "--check-images", other]
+    # MIN_SIZE_TEST 0: images are not resized, so the check runs on two sizes.
+    opts = ["MODEL.WEIGHTS", weights, "INPUT.MIN_SIZE_TEST", "0"]
+    proc = _run_tool(_tool_args("tracing", out, *flags, opts=opts))
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert (out / "model.onnx").stat().st_size > 100_000
     info = json.loads((out / "export.json").read_text())
@@ -214,20 +202,7 @@ def test_tool_exports_onnx_and_checks_it(weights, tmp_path):
 def test_tool_says_clearly_when_a_path_cannot_work(tmp_path):
     # The no-lateral ablation (Tables 1-2, row e) has no lateral convs below the top: it cannot be
     # scripted.
-    proc = _run_tool(
-        [
-            "--config-file",
-            "configs/quickstart.yaml",
-            "--export-method",
-            "scripting",
-            "--output",
-            str(tmp_path),
-            "MODEL.FPN.LATERAL",
-            "False",
-            "MODEL.DEVICE",
-            "cpu",
-        ]
-    )
+    proc = _run_tool(_tool_args("scripting", tmp_path, opts=["MODEL.FPN.LATERAL", "False"]))
     assert proc.returncode == 2, proc.stderr
     message = proc.stderr.strip().splitlines()[-1]
     assert "TorchScript scripting cannot export this model" in message
@@ -235,30 +210,10 @@ def test_tool_says_clearly_when_a_path_cannot_work(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("export_model_tool", TOOL)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
-
-
 def test_tool_refuses_onnx_by_scripting(tmp_path):
     """In process (no model is exported): the combination is refused with what to use instead."""
-    tool = _load_tool()
-    code = tool.main(
-        [
-            "--config-file",
-            os.path.join(REPO, "configs/quickstart.yaml"),
-            "--export-method",
-            "scripting",
-            "--format",
-            "onnx",
-            "--output",
-            str(tmp_path),
-            "MODEL.DEVICE",
-            "cpu",
-        ]
-    )
+    tool = load_tool("export_model.py")
+    code = tool.main(_tool_args("scripting", tmp_path, "--format", "onnx"))
     assert code == 2
     assert not (tmp_path / "model.onnx").exists()
 
@@ -284,7 +239,7 @@ def _strategies(model):
 def test_tool_exports_the_model_as_train_net_runs_it(weights, tmp_path, monkeypatch):
     """In process: the tool's eager model has the execution strategies of tools/train_net.py's
     (FPNTrainer.build_model), the scripted file has none, and the check passes between them."""
-    tool = _load_tool()
+    tool = load_tool("export_model.py")
     seen = []
 
     def spy(model, *args, **kwargs):
@@ -293,25 +248,8 @@ def test_tool_exports_the_model_as_train_net_runs_it(weights, tmp_path, monkeypa
 
     monkeypatch.setattr(tool, "export_to_folder", spy)
     out = tmp_path / "out"
-    code = tool.main(
-        [
-            "--config-file",
-            os.path.join(REPO, "configs/quickstart.yaml"),
-            "--export-method",
-            "scripting",
-            "--check",
-            "--output",
-            str(out),
-            "MODEL.WEIGHTS",
-            weights,
-            "MODEL.DEVICE",
-            "cpu",
-            "INPUT.MIN_SIZE_TEST",
-            "256",
-            "INPUT.MAX_SIZE_TEST",
-            "320",
-        ]
-    )
+    opts = ["MODEL.WEIGHTS", weights, "INPUT.MIN_SIZE_TEST", "256", "INPUT.MAX_SIZE_TEST", "320"]
+    code = tool.main(_tool_args("scripting", out, "--check", opts=opts))
     assert code == 0
     expected = _strategies(FPNTrainer.build_model(plugin_cfg("configs/quickstart.yaml")))
     assert expected and _strategies(seen[0]) == expected and not seen[0].training

@@ -2,7 +2,6 @@
 execution strategies, the detectors on the embedded data, clear errors."""
 
 import copy
-import math
 import os
 
 import pytest
@@ -14,11 +13,11 @@ from detectron2.modeling import build_backbone, build_model
 from fpn_plugin.accel import AccelOptions, accelerate
 from fpn_plugin.accel.channels_last import ChannelsLast
 from fpn_plugin.accel.strategy import strategies_of
-from fpn_plugin.engine.trainer import FPNTrainer
 from fpn_plugin.modeling import BiFPN, BiFPNLayer, BiFPNNode, FastNormalizedFusion
 from tests.conftest import REPO, plugin_cfg
-from tests.engine.test_training import _cleanup_catalog, data_root, tiny_cfg  # noqa: F401  (fixtures)
+from tests.engine.test_training import _cleanup_catalog, data_root  # noqa: F401  (fixtures)
 from tests.modeling.test_neck import ToyBottomUp
+from tests.modeling.test_path_aggregation import train_neck
 
 IN = ["c3", "c4", "c5"]  # strides 8, 16, 32; 12, 16, 20 channels
 
@@ -297,24 +296,7 @@ def test_efficientdet_d0_like_is_efficientnet_b0_and_the_full_bifpn():
 
 @pytest.mark.parametrize("config", ["quickstart_bifpn.yaml", "quickstart_efficientdet.yaml"])
 def test_quickstart_detectors_train_and_evaluate(data_root, tmp_path, config):  # noqa: F811
-    cfg = tiny_cfg(
-        data_root, tmp_path, "SOLVER.MAX_ITER", 3, "SOLVER.CHECKPOINT_PERIOD", 1000, config=config
-    )
-    trainer = FPNTrainer(cfg)
-    assert isinstance(trainer.model.backbone, BiFPN)
-    before = {
-        n: p.detach().clone() for n, p in trainer.model.backbone.named_parameters() if "fusion" in n
-    }
-    trainer.resume_or_load(resume=False)
-    trainer.train()
-    losses = [v for v, _ in trainer.storage.history("total_loss").values()]
-    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
-    after = dict(trainer.model.backbone.named_parameters())
-    assert len(before) == 3 * 8 and any(
-        not torch.equal(before[n], after[n]) for n in before
-    )  # learned
-    results = FPNTrainer.test(cfg, trainer.model)
-    assert set(results["bbox"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    train_neck(data_root, tmp_path, BiFPN, 3, config=config, fusion=("fusion", 3 * 8))
 
 
 def _bifpn_cfg(*opts):

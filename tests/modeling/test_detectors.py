@@ -27,7 +27,7 @@ from tests.engine.test_training import (  # noqa: F401  (fixtures)
     _cleanup_catalog,
     data_root,
     read_metrics,
-    tiny_cfg,
+    train_tiny,
 )
 
 # name -> (Detectron2's built-in config, ours)
@@ -179,19 +179,7 @@ EVAL_OPTS = [
 @pytest.mark.parametrize("name", list(SMALL))
 def test_small_detector_trains_and_evaluates(name, data_root, tmp_path):
     config, tasks = SMALL[name]
-    cfg = tiny_cfg(
-        data_root,
-        tmp_path,
-        "SOLVER.MAX_ITER",
-        3,
-        "SOLVER.CHECKPOINT_PERIOD",
-        100,
-        *EVAL_OPTS,
-        config=config,
-    )
-    trainer = FPNTrainer(cfg)
-    trainer.resume_or_load(resume=False)
-    trainer.train()
+    cfg, trainer, _ = train_tiny(data_root, tmp_path, 3, *EVAL_OPTS, config=config)
     last = [m for m in read_metrics(tmp_path) if "total_loss" in m][-1]
     assert last["iteration"] == 2
     expected_losses = {

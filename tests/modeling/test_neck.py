@@ -46,13 +46,15 @@ def build_toy_bottom_up(cfg, input_shape):
 IN = ["c2", "c3", "c4", "c5"]
 
 
-def _neck(**kwargs):
+def _neck(neck_type=FPNNeck, **kwargs):
+    """A ``neck_type`` (FPNNeck or a neck on its interface) on a seeded ToyBottomUp: 16 channels,
+    P6 subsampled from P5 as in the paper; ``kwargs`` override these."""
     torch.manual_seed(0)
     args = dict(
         bottom_up=ToyBottomUp(), in_features=IN, out_channels=16, top_block=LastLevelSubsample()
     )
     args.update(kwargs)
-    return FPNNeck(**args)
+    return neck_type(**args)
 
 
 def test_r50_neck_matches_detectron2_fpn_names_and_outputs():
@@ -112,8 +114,9 @@ def test_retinanet_p6p7_from_c5_matches_detectron2():
         torch.testing.assert_close(b[k], a[k])
 
 
-def test_paper_pyramid_shapes_and_strides():
-    neck = _neck()
+def paper_pyramid(neck):
+    """``neck``'s outputs for a (2, 3, 256, 192) batch, checked to be P2..P6 at strides 4..64 with
+    ``_neck``'s 16 channels: the pyramid every neck on FPNNeck's interface gives."""
     out = neck(torch.randn(2, 3, 256, 192))
     assert {k: tuple(v.shape) for k, v in out.items()} == {
         "p2": (2, 16, 64, 48),
@@ -122,6 +125,12 @@ def test_paper_pyramid_shapes_and_strides():
         "p5": (2, 16, 8, 6),
         "p6": (2, 16, 4, 3),
     }
+    return out
+
+
+def test_paper_pyramid_shapes_and_strides():
+    neck = _neck()
+    out = paper_pyramid(neck)
     assert {k: s.stride for k, s in neck.output_shape().items()} == {
         "p2": 4,
         "p3": 8,

@@ -13,28 +13,13 @@ from detectron2.modeling import GeneralizedRCNN, build_model
 
 from fpn_plugin import FPNNeck, LevelMappingROIHeads
 from fpn_plugin.accel import accelerate
-from fpn_plugin.config import add_fpn_plugin_config
 from tests.conftest import build_parity_pair, d2_cfg, plugin_cfg
+from tests.test_config import assert_detectron2s_with_the_plugin_names
 
 PANOPTIC = ("COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml", "configs/panoptic_fpn_r50.yaml")
 SEMANTIC = ("Misc/semantic_R_50_FPN_1x.yaml", "configs/semantic_fpn_r50.yaml")
-NAMES = {
-    "MODEL.BACKBONE.NAME": ("build_resnet_fpn_backbone", "build_fpn_neck_backbone"),
-    "MODEL.ANCHOR_GENERATOR.NAME": ("DefaultAnchorGenerator", "SharedAnchorGenerator"),
-    "MODEL.ROI_HEADS.NAME": ("StandardROIHeads", "LevelMappingROIHeads"),
-}
 NUM_DETECTIONS = 20
 TOL = dict(rtol=1e-4, atol=1e-4)
-
-
-def _flatten(node, prefix=""):
-    out = {}
-    for k, v in node.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _inputs():
@@ -44,11 +29,7 @@ def _inputs():
 
 @pytest.mark.parametrize("d2_name, path", [PANOPTIC, SEMANTIC])
 def test_config_is_detectron2s_with_the_plugin_names(d2_name, path):
-    ref, ours = _flatten(add_fpn_plugin_config(d2_cfg(d2_name))), _flatten(plugin_cfg(path))
-    assert ref.keys() == ours.keys()
-    assert {k for k in ref if ref[k] != ours[k]} == set(NAMES)
-    for key, (d2, plugin) in NAMES.items():
-        assert (ref[key], ours[key]) == (d2, plugin)
+    assert_detectron2s_with_the_plugin_names(d2_name, path)
 
 
 @pytest.fixture(scope="module")

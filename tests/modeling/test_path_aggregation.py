@@ -12,17 +12,12 @@ from detectron2.modeling import build_backbone
 from fpn_plugin import FastNormalizedFusion, FPNNeck, LastLevelSubsample, PathAggregationNeck
 from fpn_plugin.engine.trainer import FPNTrainer
 from tests.conftest import d2_cfg, plugin_cfg
-from tests.engine.test_training import _cleanup_catalog, data_root, tiny_cfg  # noqa: F401  (fixtures)
-from tests.modeling.test_neck import IN, ToyBottomUp
+from tests.engine.test_training import _cleanup_catalog, data_root, train_tiny  # noqa: F401  (fixtures)
+from tests.modeling.test_neck import IN, ToyBottomUp, _neck, paper_pyramid
 
 
 def _pa_neck(**kwargs):
-    torch.manual_seed(0)
-    args = dict(
-        bottom_up=ToyBottomUp(), in_features=IN, out_channels=16, top_block=LastLevelSubsample()
-    )
-    args.update(kwargs)
-    return PathAggregationNeck(**args)
+    return _neck(PathAggregationNeck, **kwargs)
 
 
 def _fpn_like(neck, **kwargs):
@@ -45,14 +40,7 @@ def _randomize_fusion_weights(neck):
 @pytest.mark.parametrize("fuse_type", ["sum", "weighted"])
 def test_shapes_strides_and_p6_from_n5(fuse_type):
     neck = _pa_neck(fuse_type=fuse_type)
-    out = neck(torch.randn(2, 3, 256, 192))
-    assert {k: tuple(v.shape) for k, v in out.items()} == {
-        "p2": (2, 16, 64, 48),
-        "p3": (2, 16, 32, 24),
-        "p4": (2, 16, 16, 12),
-        "p5": (2, 16, 8, 6),
-        "p6": (2, 16, 4, 3),
-    }
+    out = paper_pyramid(neck)
     assert {k: (s.stride, s.channels) for k, s in neck.output_shape().items()} == {
         f"p{k}": (2**k, 16) for k in range(2, 7)
     }
@@ -226,36 +214,33 @@ def test_weighted_fusion_is_not_silently_accepted_by_the_plain_fpn_neck():
         FastNormalizedFusion(1)
 
 
-@pytest.mark.parametrize("fuse_type", ["sum", "weighted"])
-def test_each_neck_trains_and_evaluates_on_embedded_data(data_root, tmp_path, fuse_type):  # noqa: F811
-    cfg = tiny_cfg(
-        data_root,
-        tmp_path,
-        "MODEL.BACKBONE.NAME",
-        "build_pafpn_neck_backbone",
-        "MODEL.FPN.FUSE_TYPE",
-        fuse_type,
-        "SOLVER.MAX_ITER",
-        8,
-        "SOLVER.BASE_LR",
-        0.01,
-        "SOLVER.CHECKPOINT_PERIOD",
-        1000,
-    )
-    trainer = FPNTrainer(cfg)
-    assert isinstance(trainer.model.backbone, PathAggregationNeck)
-    before = {
-        n: p.detach().clone() for n, p in trainer.model.backbone.named_parameters() if "_fuse" in n
-    }
-    trainer.resume_or_load(resume=False)
-    trainer.train()
+def train_neck(
+    data_root, output_dir, neck_type, max_iter, *opts, config="quickstart.yaml", fusion=None
+):
+    """Trains the tiny detector with a ``neck_type`` backbone from scratch and evaluates it: every
+    iteration's loss is finite, the fusion weights (``fusion``: a part of their names, their number)
+    learned, COCO's box metrics are reported. Returns the losses, for checks of their trend."""
+    cfg, trainer, initial = train_tiny(data_root, output_dir, max_iter, *opts, config=config)
+    assert isinstance(trainer.model.backbone, neck_type)
     losses = [v for v, _ in trainer.storage.history("total_loss").values()]
-    assert len(losses) == 8 and all(math.isfinite(v) for v in losses)
-    assert sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
-    if fuse_type == "weighted":
+    assert len(losses) == max_iter and all(math.isfinite(v) for v in losses)
+    if fusion is not None:
+        part, count = fusion
+        before = {n: p for n, p in initial.items() if part in n}
         after = dict(trainer.model.backbone.named_parameters())
-        assert len(before) == 6 and any(
+        assert len(before) == count and any(
             not torch.equal(before[n], after[n]) for n in before
         )  # learned
     results = FPNTrainer.test(cfg, trainer.model)
     assert set(results["bbox"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    return losses
+
+
+@pytest.mark.parametrize("fuse_type", ["sum", "weighted"])
+def test_each_neck_trains_and_evaluates_on_embedded_data(data_root, tmp_path, fuse_type):  # noqa: F811
+    opts = ["MODEL.BACKBONE.NAME", "build_pafpn_neck_backbone", "MODEL.FPN.FUSE_TYPE", fuse_type]
+    fusion = ("_fuse", 6) if fuse_type == "weighted" else None  # only it learns weights
+    losses = train_neck(
+        data_root, tmp_path, PathAggregationNeck, 8, *opts, "SOLVER.BASE_LR", 0.01, fusion=fusion
+    )
+    assert sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses

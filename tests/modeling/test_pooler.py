@@ -31,6 +31,12 @@ def _features(n=2, c=16, height=224, width=320, generator=None, dtype=torch.floa
     ]
 
 
+def _image_boxes(generator, counts, min_size, max_size):
+    """One Boxes per image of the 224 x 320 test image, ``counts[i]`` random boxes each (sides of
+    ``min_size`` to ``max_size`` px), drawn in order from ``generator``."""
+    return [Boxes(random_boxes(n, 224, 320, generator, min_size, max_size)) for n in counts]
+
+
 def _boundary_boxes():
     """Squares and rectangles whose sqrt(area) is exactly on a level boundary (56, 112, 224, 448),
     and near it."""
@@ -80,10 +86,20 @@ def test_level_mapping_matches_detectron2_on_boundaries():
     assert set(ours.tolist()) == {0, 1, 2, 3}
 
 
-@pytest.mark.parametrize("pooler_type", ["ROIAlignV2", "ROIAlign", "ROIPool"])
-@pytest.mark.parametrize("sampling_ratio", [0, 2])
-def test_pooled_features_equal_detectron2(pooler_type, sampling_ratio):
-    # Each level's RoIs by that level's RoI op, as Detectron2's pooler: bit for bit the same.
+def assert_equal(actual, expected):
+    assert torch.equal(actual, expected)
+
+
+def assert_close(actual, expected):
+    """Float rounding: what the accelerated poolers promise (tests/accel)."""
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+# The checks below take the pooler to test as ``make_pooler(*args, **kwargs)`` (the arguments of
+# LevelMappingROIPooler), so that tests/accel runs the same checks on the accelerated poolers.
+
+
+def check_pooled_features_against_detectron2(make_pooler, pooler_type, sampling_ratio, compare):
     g = torch.Generator().manual_seed(1)
     feats = _features(generator=g)
     boxes = [
@@ -102,34 +118,51 @@ def test_pooled_features_equal_detectron2(pooler_type, sampling_ratio):
             pooler_type=pooler_type,
         )
         ref = ROIPooler(**args)(feats, boxes)
-        ours = LevelMappingROIPooler(**args)(feats, boxes)
+        ours = make_pooler(**args)(feats, boxes)
         assert ours.shape == ref.shape
-        assert torch.equal(ours, ref)
+        compare(ours, ref)
 
 
-def test_real_sized_load_matches_detectron2():
+@pytest.mark.parametrize("pooler_type", ["ROIAlignV2", "ROIAlign", "ROIPool"])
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+def test_pooled_features_equal_detectron2(pooler_type, sampling_ratio):
+    # Each level's RoIs by that level's RoI op, as Detectron2's pooler: bit for bit the same.
+    check_pooled_features_against_detectron2(
+        LevelMappingROIPooler, pooler_type, sampling_ratio, assert_equal
+    )
+
+
+def check_real_sized_load(make_pooler):
     """2 x 1000 RoIs on 256-channel P2-P5 of an 800 x 1216 image, adaptive sampling (the benchmark's
     case)."""
     g = torch.Generator().manual_seed(2)
     feats = [torch.randn(2, 256, 800 // s, 1216 // s, generator=g) for s in (4, 8, 16, 32)]
     boxes = [Boxes(random_boxes(1000, 800, 1216, g, 8.0, 900.0)) for _ in range(2)]
     args = dict(output_size=7, scales=SCALES, sampling_ratio=0, pooler_type="ROIAlignV2")
-    pooler = LevelMappingROIPooler(**args)
-    torch.testing.assert_close(
-        pooler(feats, boxes), ROIPooler(**args)(feats, boxes), rtol=1e-4, atol=1e-4
-    )
+    pooler = make_pooler(**args)
+    assert_close(pooler(feats, boxes), ROIPooler(**args)(feats, boxes))
     counts = torch.bincount(pooler.last_levels, minlength=6)[2:]
     assert (counts > 0).all()  # every level got RoIs
 
 
-def test_degenerate_boxes_give_finite_outputs():
+def test_real_sized_load_matches_detectron2():
+    check_real_sized_load(LevelMappingROIPooler)
+
+
+def check_degenerate_boxes_give_finite_outputs(make_pooler, pooler_types):
     feats = _features()
-    for pooler_type in ("ROIAlignV2", "ROIAlign", "ROIPool"):
+    for pooler_type in pooler_types:
         for sampling_ratio in (0, 2):
-            pooler = LevelMappingROIPooler(7, SCALES, sampling_ratio, pooler_type)
+            pooler = make_pooler(7, SCALES, sampling_ratio, pooler_type)
             out = pooler(feats, [Boxes(DEGENERATE_BOXES), Boxes(DEGENERATE_BOXES[:0])])
             assert out.shape == (6, 16, 7, 7)
             assert torch.isfinite(out).all()
+
+
+def test_degenerate_boxes_give_finite_outputs():
+    check_degenerate_boxes_give_finite_outputs(
+        LevelMappingROIPooler, ("ROIAlignV2", "ROIAlign", "ROIPool")
+    )
 
 
 def test_no_boxes():
@@ -159,24 +192,22 @@ def test_single_level():
     torch.testing.assert_close(LevelMappingROIPooler(**args)(feats, boxes), ref)
 
 
-def test_backward_matches_detectron2():
+def check_backward_against_detectron2(make_pooler):
     g = torch.Generator().manual_seed(4)
     feats = _features(generator=g)
-    boxes = [
-        Boxes(random_boxes(60, 224, 320, g, 4.0, 300.0)),
-        Boxes(random_boxes(40, 224, 320, g, 4.0, 300.0)),
-    ]
+    boxes = _image_boxes(g, (60, 40), 4.0, 300.0)
     grads = []
-    for pooler in (
-        ROIPooler(7, SCALES, 0, "ROIAlignV2"),
-        LevelMappingROIPooler(7, SCALES, 0, "ROIAlignV2"),
-    ):
+    for pooler in (ROIPooler(7, SCALES, 0, "ROIAlignV2"), make_pooler(7, SCALES, 0, "ROIAlignV2")):
         xs = [f.clone().requires_grad_() for f in feats]
         out = pooler(xs, boxes)
         out.backward(torch.ones_like(out) * torch.arange(out.numel()).view_as(out).remainder(7))
         grads.append([x.grad for x in xs])
     for a, b in zip(*grads):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+        assert_close(b, a)
+
+
+def test_backward_matches_detectron2():
+    check_backward_against_detectron2(LevelMappingROIPooler)
 
 
 @pytest.mark.parametrize(
@@ -210,17 +241,22 @@ NON_FINITE_BOXES = torch.tensor(
 )
 
 
-def test_non_finite_boxes_pool_to_zeros():
+def check_non_finite_boxes_pool_to_zeros(make_pooler, compare):
     """Detectron2's pooler returns zeros for a NaN box and fails inside the RoI op on some infinite
     ones; these are pooled as zeros, the other boxes as usual."""
     g = torch.Generator().manual_seed(8)
     feats = _features(generator=g)
     good = random_boxes(5, 224, 320, g, 4.0, 300.0)
     boxes = [Boxes(torch.cat([NON_FINITE_BOXES, good])), Boxes(good)]
-    pooler = LevelMappingROIPooler(7, SCALES, 0, "ROIAlignV2")
-    out = pooler(feats, boxes)
+    pooler = make_pooler(7, SCALES, 0, "ROIAlignV2")
+    with torch.no_grad():
+        out = pooler(feats, boxes)
     assert out.shape == (14, 16, 7, 7)
     assert torch.equal(out[:4], torch.zeros_like(out[:4]))
     ref = ROIPooler(7, SCALES, 0, "ROIAlignV2")(feats, [Boxes(good), Boxes(good)])
-    assert torch.equal(out[4:], ref)
+    compare(out[4:], ref)
     assert pooler.last_levels.tolist()[:4] == [2, 2, 2, 2]  # recorded as the finest level
+
+
+def test_non_finite_boxes_pool_to_zeros():
+    check_non_finite_boxes_pool_to_zeros(LevelMappingROIPooler, assert_equal)

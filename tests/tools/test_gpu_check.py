@@ -1,7 +1,6 @@
 """tools/gpu_check.py rehearsed on the CPU: every step with tiny settings, as a subprocess, and
 the summary it writes; its flags' errors. (On a GPU machine it runs the same steps for real.)"""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,20 +12,13 @@ import torch
 from PIL import Image
 
 from fpn_plugin.engine.gpu_check import STEPS
-from tests.conftest import REPO
+from tests.conftest import REPO, load_tool
 from tests.engine.test_training import TINY
 
 TOOL = os.path.join(REPO, "tools", "gpu_check.py")
 #: The quickstart at test size: TINY's keys without the device (the check sets it), few iterations.
 TRAIN_OPTS = TINY[2:] + ["SOLVER.MAX_ITER", "3", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.001"]
 BENCH_ARGS = "--config-file configs/quickstart.yaml --size 128x160 --reps 1 --warmup 0 --only neck"
-
-
-def _tool_module():
-    spec = importlib.util.spec_from_file_location("fpn_gpu_check_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_whole_check_runs_on_the_cpu_with_tiny_settings(tmp_path):
@@ -111,6 +103,6 @@ def test_the_whole_check_runs_on_the_cpu_with_tiny_settings(tmp_path):
 )
 def test_bad_flags_are_named(argv, named, capsys):
     with pytest.raises(SystemExit) as e:
-        _tool_module().main(["--device", "cpu", *argv])
+        load_tool("gpu_check.py").main(["--device", "cpu", *argv])
     assert e.value.code == 2
     assert named in capsys.readouterr().err
