@@ -8,7 +8,6 @@ R-CNN): the other's state_dict loads strictly, and with the same weights the eva
 """
 
 import contextlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -31,7 +30,7 @@ from fpn_plugin.benchmark.workload import make_trained_like, random_boxes
 from fpn_plugin.config import detectron2_config_file
 from fpn_plugin.engine import FPNTrainer
 from fpn_plugin.engine.lazy_train import accel_options, build_lazy_model, load_lazy_config
-from tests.conftest import REPO, plugin_cfg
+from tests.conftest import REPO, load_tool, plugin_cfg
 
 LAZY = os.path.join(REPO, "configs", "lazy")
 TOL = dict(rtol=1e-4, atol=1e-4)
@@ -382,12 +381,7 @@ def test_lazy_accel_unknown_key_is_a_clear_error():
 
 @pytest.fixture(scope="module")
 def analyze_model():
-    spec = importlib.util.spec_from_file_location(
-        "analyze_model", os.path.join(REPO, "tools", "analyze_model.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("analyze_model.py")
 
 
 def test_analyze_model_per_component_counts(analyze_model, tmp_path, capsys):

@@ -24,7 +24,7 @@ from fpn_plugin.benchmark.options import BenchmarkOptions
 from fpn_plugin.benchmark.report import format_report
 from fpn_plugin.benchmark.run import run_benchmark
 from tests.accel.test_cpu_allocator import GLIBC, env_without_allocator_settings
-from tests.conftest import REPO
+from tests.conftest import REPO, load_tool
 
 BENCHMARK = os.path.join(REPO, "tools", "benchmark.py")
 QUICKSTART = os.path.join(REPO, "configs", "quickstart.yaml")
@@ -92,15 +92,6 @@ def test_benchmark_tiny_run_writes_json(tmp_path):
         assert counts and min(counts) >= 300
 
 
-def _tool_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("fpn_benchmark_tool", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_reference_for_another_bottom_up_is_detectron2s_fpn_over_it():
     """--config-file configs/quickstart.yaml (a BasicBlock bottom-up that build_resnet_fpn_backbone
     cannot build): the reference is Detectron2's FPN class over the same bottom-up, the weights load
@@ -112,7 +103,7 @@ def test_reference_for_another_bottom_up_is_detectron2s_fpn_over_it():
 
     # A second import must not register the reference twice (the registry raises).
     importlib.reload(benchmark_models)
-    options = _tool_module().parse_args(["--config-file", QUICKSTART])
+    options = load_tool("benchmark.py").parse_args(["--config-file", QUICKSTART])
     assert options == BenchmarkOptions(config_file=QUICKSTART)
     cfg_ours, cfg_ref, _ = build_cfgs(options)
     assert cfg_ref.MODEL.BACKBONE.NAME == REFERENCE_FPN
@@ -150,7 +141,7 @@ def test_bottom_up_alone_is_timed_in_the_backbones_precision():
 
 
 def _tiny(*flags):
-    return _tool_module().parse_args(
+    return load_tool("benchmark.py").parse_args(
         ["--config-file", QUICKSTART, "--size", "96x128", "--reps", "1", "--warmup", "0",
          "--threads", str(torch.get_num_threads()), "--num-rois", "50", "--train-rois", "32",
          *flags]
@@ -200,5 +191,5 @@ def test_accelerate_reference_applies_the_plugins_strategies_to_detectron2s_mode
 ])  # fmt: skip
 def test_bad_flags_are_named(capsys, argv, named):
     with pytest.raises(SystemExit):
-        _tool_module().parse_args(argv)
+        load_tool("benchmark.py").parse_args(argv)
     assert named in capsys.readouterr().err

@@ -1,7 +1,6 @@
 """The ablation (fpn_plugin/engine/ablation.py, configs/ablation/, tools/ablation.py): the paper's
 variants build the models they claim, and a tiny run writes the table, JSON and chart."""
 
-import importlib.util
 import json
 import math
 import os
@@ -14,14 +13,10 @@ from detectron2.structures import Boxes
 
 from fpn_plugin.engine import ablation
 from fpn_plugin.engine.ablation_report import TABLE_AP, TABLE_AR, markdown_table
-from tests.conftest import REPO
+from tests.conftest import load_tool
 from tests.engine.test_training import _cleanup_catalog  # noqa: F401  (autouse: unregisters the tiny datasets afterwards)
 
-_spec = importlib.util.spec_from_file_location(
-    "ablation_tool", os.path.join(REPO, "tools", "ablation.py")
-)
-tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tool)
+tool = load_tool("ablation.py")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
