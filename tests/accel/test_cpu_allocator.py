@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from fpn_plugin import cpu_allocator
+from fpn_plugin.accel import cpu_allocator
 from fpn_plugin.accel.cpu_allocator import allocator_choice, keep_freed_cpu_memory
 from tests.conftest import REPO
 
