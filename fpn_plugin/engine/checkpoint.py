@@ -82,7 +82,13 @@ class FPNCheckpointer(DetectionCheckpointer):
         return fallback
 
     def has_checkpoint(self) -> bool:
-        return super().has_checkpoint() and bool(self.get_checkpoint_file())
+        # Without get_checkpoint_file: callers ask this, then for the file, and its fallback
+        # warning should be logged once.
+        if not super().has_checkpoint():
+            return False
+        return is_intact_checkpoint(super().get_checkpoint_file()) or bool(
+            self._intact_checkpoints()
+        )
 
     def load(self, path: str, checkpointables: Optional[List[str]] = None):
         if path and "://" not in path and not os.path.isfile(path):

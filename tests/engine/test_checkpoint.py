@@ -58,7 +58,10 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, damage, cap
         assert ckpt.has_checkpoint()
         assert ckpt.get_checkpoint_file() == str(tmp_path / "model_0000009.pth")
     assert "model_final.pth" in caplog.text and "model_0000009.pth" in caplog.text
-    assert ckpt.resume_or_load("", resume=True)["iteration"] == 9
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fpn_plugin"):
+        assert ckpt.resume_or_load("", resume=True)["iteration"] == 9
+    assert caplog.text.count("resuming from") == 1  # one warning per resume
 
 
 def test_bad_weights_files_are_named_with_the_fix(tmp_path):
