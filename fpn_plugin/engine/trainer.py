@@ -41,24 +41,13 @@ def create_ddp_model_any_device(model, **kwargs):
 def check_num_classes(cfg) -> None:
     """``ValueError`` naming the key to set when the model has fewer classes than a training
     dataset's metadata lists (training would stop later on an out-of-bounds class index)."""
-    key = (
-        "MODEL.RETINANET.NUM_CLASSES"
-        if cfg.MODEL.META_ARCHITECTURE == "RetinaNet"
-        else "MODEL.ROI_HEADS.NUM_CLASSES"
-    )
-    num_classes = (
-        cfg.MODEL.RETINANET.NUM_CLASSES
-        if key.startswith("MODEL.RETINANET")
-        else cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    )
+    if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
+        key, num_classes = "MODEL.RETINANET.NUM_CLASSES", cfg.MODEL.RETINANET.NUM_CLASSES
+    else:
+        key, num_classes = "MODEL.ROI_HEADS.NUM_CLASSES", cfg.MODEL.ROI_HEADS.NUM_CLASSES
     for name in cfg.DATASETS.TRAIN:
         classes = MetadataCatalog.get(name).get("thing_classes", None)
-        if classes is not None and len(classes) > num_classes:
-            raise ValueError(
-                f"Dataset {name!r} has {len(classes)} categories but {key} = {num_classes}; "
-                f"set {key} {len(classes)} (e.g. append '{key} {len(classes)}' to the command "
-                "line)."
-            )
+        _check_class_count(name, classes, "categories", key, num_classes)
     if cfg.MODEL.META_ARCHITECTURE in ("PanopticFPN", "SemanticSegmentor"):
         check_semantic_classes(cfg)
 
@@ -79,12 +68,17 @@ def check_semantic_classes(cfg) -> None:
                 "fpn_shapes_panoptic_train_separated (configs/quickstart_panoptic.yaml)."
             )
         classes = metadata.get("stuff_classes", None)
-        if classes is not None and len(classes) > num_classes:
-            raise ValueError(
-                f"Dataset {name!r} has {len(classes)} semantic classes but {key} = {num_classes}; "
-                f"set {key} {len(classes)} (e.g. append '{key} {len(classes)}' to the command "
-                "line)."
-            )
+        _check_class_count(name, classes, "semantic classes", key, num_classes)
+
+
+def _check_class_count(dataset, classes, what, key, num_classes) -> None:
+    """``ValueError`` naming ``key`` and the value to set when the list ``classes`` of ``dataset``
+    (None: unknown) is longer than the model's ``num_classes``."""
+    if classes is not None and len(classes) > num_classes:
+        raise ValueError(
+            f"Dataset {dataset!r} has {len(classes)} {what} but {key} = {num_classes}; "
+            f"set {key} {len(classes)} (e.g. append '{key} {len(classes)}' to the command line)."
+        )
 
 
 class _Progress:
