@@ -100,9 +100,8 @@ def _error(args, e: Exception, prefix: str = "") -> int:
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     if not args.verbose:
-        warnings.filterwarnings(
-            "ignore"
-        )  # TracerWarnings and the deprecation notices of torch.jit / torch.onnx
+        # TracerWarnings and the deprecation notices of torch.jit / torch.onnx.
+        warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.INFO, format="[export_model] %(message)s")
     what = f"{args.export_method} -> {args.format}"
     try:

@@ -335,9 +335,8 @@ class BlockedLayoutNeck(Strategy):
             return False
         if x.device.type != "cpu" or x.dtype != torch.float32 or x.numel() == 0:
             return False
-        if (
-            cpu_autocast_enabled()
-        ):  # the caller's torch.autocast: its convolutions run in low precision
+        if cpu_autocast_enabled():
+            # The caller's torch.autocast: its convolutions run in low precision.
             return False
         # Folding leaves convs whose norm is not FrozenBN unfolded, so both kinds are checked.
         folded = any(isinstance(m, FoldedFrozenBN) for m in self.bottom_up.modules())

@@ -46,9 +46,8 @@ def measure_one_forward(spec_path: str) -> dict:
     accelerated(which, model, cfg_ours, options)
     inputs = model_inputs(load_inputs(options, cfg_ref, 1))
     with torch.no_grad():
-        model(
-            inputs
-        )  # warm-up: lazy initialisations (thread pools, kernels' caches) are not counted
+        # Warm-up: lazy initialisations (thread pools, kernels' caches) are not counted.
+        model(inputs)
         before = _proc_status_kib("VmRSS")
         try:
             with open("/proc/self/clear_refs", "w") as f:

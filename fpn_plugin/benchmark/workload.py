@@ -33,10 +33,8 @@ def make_trained_like(model: torch.nn.Module) -> None:
             model.head.cls_score.weight.mul_(0.1)
             model.head.bbox_pred.weight.mul_(1e-4)
             return
-        if (
-            getattr(model, "proposal_generator", None) is None
-        ):  # semantic segmentation: no box heads
-            return
+        if getattr(model, "proposal_generator", None) is None:
+            return  # semantic segmentation: no box heads
         rpn = model.proposal_generator.rpn_head
         rpn.anchor_deltas.weight.mul_(1e-3)
         rpn.objectness_logits.weight.mul_(0.02)

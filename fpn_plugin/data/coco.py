@@ -31,9 +31,8 @@ def register_idempotent(
         logger.info(f"Dataset '{name}' was registered with other settings; replacing it.")
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
-    elif (
-        name in MetadataCatalog.list()
-    ):  # metadata set before registration: keep it unless it conflicts
+    elif name in MetadataCatalog.list():
+        # Metadata set before registration: keep it unless it conflicts.
         existing = MetadataCatalog.get(name).as_dict()
         if any(key in existing and existing[key] != value for key, value in wanted.items()):
             MetadataCatalog.remove(name)

@@ -145,9 +145,8 @@ class FPNNeck(Backbone):
         use_bias = norm == ""
         lateral_convs, output_convs, merges = [], [], []
         for idx, (stage, feat) in enumerate(zip(stages, in_features)):
-            has_lateral = (
-                lateral or idx == len(in_features) - 1
-            )  # the coarsest level always has one
+            # The coarsest level always has a lateral: the top-down pathway starts from it.
+            has_lateral = lateral or idx == len(in_features) - 1
             has_output = not finest_only or idx == 0
             # Created, then initialised, in Detectron2's order: the same random draws from a seed.
             lateral_conv = output_conv = None

@@ -89,9 +89,8 @@ class LevelMappingROIHeads(StandardROIHeads):
     ):
         if self.training:
             results = super().forward(images, features, proposals, targets)
-            levels = getattr(
-                self.box_pooler, "last_levels", None
-            )  # None for a pooler passed in by hand
+            # None for a pooler passed in by hand.
+            levels = getattr(self.box_pooler, "last_levels", None)
             if levels is not None and levels.numel() and has_event_storage():
                 storage = get_event_storage()
                 fractions = torch.bincount(
