@@ -198,6 +198,11 @@ def _class_names(metadata) -> Optional[List[str]]:
     return list(names) if names else None
 
 
+def _class_name(names: Sequence[str], c: int) -> str:
+    """``names[c]``, or ``str(c)`` where the names do not cover class ``c``."""
+    return names[c] if 0 <= c < len(names) else str(c)
+
+
 def instances_to_json(instances: Instances, class_names: Optional[List[str]] = None) -> dict:
     """The detections as JSON-able lists, one entry per detection in the model's order: boxes
     (XYXY, image pixels), scores, classes, class names and ``pred_levels`` (the pyramid level, 2
@@ -207,19 +212,13 @@ def instances_to_json(instances: Instances, class_names: Optional[List[str]] = N
     scores = instances.scores.tolist() if instances.has("scores") else [None] * n
     classes = instances.pred_classes.tolist() if instances.has("pred_classes") else [None] * n
     levels = instances.pred_levels.tolist() if instances.has("pred_levels") else None
-
-    def name(c):
-        if c is None:
-            return None
-        return class_names[c] if class_names and 0 <= c < len(class_names) else str(c)
-
     return {
         "num_instances": n,
         "box_mode": "XYXY_ABS",
         "boxes": boxes,
         "scores": scores,
         "classes": classes,
-        "class_names": [name(c) for c in classes],
+        "class_names": [None if c is None else _class_name(class_names or [], c) for c in classes],
         "pred_levels": levels,
     }
 
@@ -237,9 +236,6 @@ def segments_to_json(predictions: dict, metadata=None) -> dict:
     things = list(metadata.get("thing_classes", []) or []) if metadata is not None else []
     stuff = list(metadata.get("stuff_classes", []) or []) if metadata is not None else []
 
-    def name(names, c):
-        return names[c] if 0 <= c < len(names) else str(c)
-
     if "panoptic_seg" in predictions:
         panoptic, segments_info = predictions["panoptic_seg"]
         ids, counts = torch.unique(panoptic.to("cpu"), return_counts=True)
@@ -253,7 +249,7 @@ def segments_to_json(predictions: dict, metadata=None) -> dict:
                     "id": int(segment["id"]),
                     "isthing": isthing,
                     "category_id": category,
-                    "class_name": name(things if isthing else stuff, category),
+                    "class_name": _class_name(things if isthing else stuff, category),
                     "score": None if score is None else float(score),
                     "area": int(area.get(int(segment["id"]), 0)),
                 }
@@ -264,7 +260,7 @@ def segments_to_json(predictions: dict, metadata=None) -> dict:
         labels, counts = torch.unique(labels, return_counts=True)
         return {
             "semantic_classes": [
-                {"category_id": c, "class_name": name(stuff, c), "area": n}
+                {"category_id": c, "class_name": _class_name(stuff, c), "area": n}
                 for c, n in zip(labels.tolist(), counts.tolist())
             ]
         }
