@@ -28,6 +28,8 @@ import os
 import sys
 from typing import List, Optional
 
+import tool_startup  # noqa: F401  (first: Detectron2 without the TorchScript warning)
+
 from fpn_plugin.accel.cpu_allocator import add_system_malloc_argument, keep_freed_memory_for_tool
 from fpn_plugin.engine.ablation import VARIANTS, parse_variants, run_ablation
 

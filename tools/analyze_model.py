@@ -17,6 +17,7 @@ import json
 import os
 from typing import Tuple
 
+import tool_startup  # noqa: F401  (first: Detectron2 without the TorchScript warning)
 import torch
 
 from fpn_plugin.benchmark.analysis import analyze, build_detector, format_table, make_inputs

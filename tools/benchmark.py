@@ -30,6 +30,8 @@ environment.
 import argparse
 import sys
 
+import tool_startup  # noqa: F401  (first: Detectron2 without the TorchScript warning)
+
 from fpn_plugin.benchmark.models import D2_R50_FPN, DEFAULT_CONFIG
 from fpn_plugin.benchmark.options import MEASUREMENTS, BenchmarkOptions
 from fpn_plugin.benchmark.report import format_report, write_json

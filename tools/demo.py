@@ -39,6 +39,8 @@ import math
 import sys
 from typing import Optional, Sequence
 
+import tool_startup  # noqa: F401  (first: Detectron2 without the TorchScript warning)
+
 from detectron2.utils.logger import setup_logger
 
 from fpn_plugin.accel.cpu_allocator import add_system_malloc_argument

@@ -36,6 +36,8 @@ import time
 import traceback
 import warnings
 
+import tool_startup  # noqa: F401  (first: Detectron2 without the TorchScript warning)
+
 from fpn_plugin.config import fall_back_to_cpu
 from fpn_plugin.engine import FPNCheckpointer, FPNTrainer, load_plugin_config
 from fpn_plugin.export import DEFAULT_OPSET, ExportError

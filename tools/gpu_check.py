@@ -24,6 +24,8 @@ import os
 import shlex
 import sys
 
+import tool_startup  # noqa: F401  (first: Detectron2 without the TorchScript warning)
+
 from fpn_plugin.engine.gpu_check import STEPS, GpuCheckOptions, run_gpu_check
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

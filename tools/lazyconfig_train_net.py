@@ -18,6 +18,8 @@ fpn_plugin/engine/lazy_train.py. ``train.device`` "cuda" falls back to CPU when 
 ``--num-gpus N`` without GPUs runs N CPU processes (gloo).
 """
 
+import tool_startup  # noqa: F401  (first: Detectron2 without the TorchScript warning)
+
 from detectron2.engine import default_argument_parser, default_setup
 
 from fpn_plugin.accel.cpu_allocator import add_system_malloc_argument

@@ -15,6 +15,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+import tool_startup  # noqa: F401  (first: Detectron2 without the TorchScript warning)
+
 from fpn_plugin.utils.metrics_plot import MetricsError, plot_metrics
 
 

@@ -17,6 +17,8 @@ folder given with ``--coco-dataset NAME JSON IMAGE_ROOT`` (repeatable).
 ``--num-gpus N`` without GPUs runs N CPU processes (gloo).
 """
 
+import tool_startup  # noqa: F401  (first: Detectron2 without the TorchScript warning)
+
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
