@@ -1,7 +1,7 @@
 """What every tool runs first, before anything imports Detectron2.
 
 Importing Detectron2 (and fvcore, which it imports) compiles a few helper functions with
-``torch.jit.script``, and torch >= 2.10 warns at each such call that ``torch.jit.script`` is
+``torch.jit.script``, and torch (2.14 here) warns at each such call that ``torch.jit.script`` is
 deprecated: two ``FutureWarning`` lines at every start of every tool that the user can do nothing
 about. Detectron2 is imported here with exactly that warning ignored; later imports find the
 modules already loaded. Every other warning is shown, and so is this one when ``torch.jit.script``
