@@ -128,13 +128,18 @@ def to_plugin(cfg: CfgNode) -> CfgNode:
 
 def _expanded_sizes(sizes, scales_per_octave: int):
     """Detectron2's explicit anchor sizes for ``SCALES_PER_OCTAVE`` n: s * 2**(i/n), as
-    :class:`~fpn_plugin.SharedAnchorGenerator` computes them."""
+    :class:`~fpn_plugin.SharedAnchorGenerator` computes them (s itself for i = 0, as Detectron2's
+    configs list it)."""
     n = int(scales_per_octave)
+
+    def octave(group):
+        return [s * 2 ** (i / n) if i else s for s in group for i in range(n)]
+
     if n == 1:
         return sizes
     if sizes and not isinstance(sizes[0], (list, tuple)):
-        return [s * 2 ** (i / n) for s in sizes for i in range(n)]
-    return [[s * 2 ** (i / n) for s in group for i in range(n)] for group in sizes]
+        return octave(sizes)
+    return [octave(group) for group in sizes]
 
 
 def to_detectron2(cfg: CfgNode, defaults: CfgNode = None) -> Tuple[CfgNode, List[str]]:

@@ -246,7 +246,8 @@ def check_conversion(
     try:
         ours.load_state_dict(ref.state_dict(), strict=True)
     except RuntimeError as e:
-        return CheckResult(strict_load=False, load_error=str(e).splitlines()[0])
+        # The first two of PyTorch's lines: the model, then the first missing or mismatched key.
+        return CheckResult(strict_load=False, load_error=" ".join(str(e).split("\n")[:2])[:300])
     result = CheckResult(strict_load=True)
     inputs = _inputs(cfgs[0], generated_image(image_size, seed))
     try:
@@ -337,7 +338,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = get_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     # KEY VALUE pairs come after the configs (keys are upper-case and dotted).
     configs, opts = [], []
     for i, item in enumerate(args.configs):
