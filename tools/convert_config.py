@@ -34,11 +34,11 @@ skipped. Exit status 1 if any check fails.
 
 import argparse
 import copy
+import dataclasses
 import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from typing import List, Optional
 
 # Detectron2's import scripts functions with torch.jit.script, which torch deprecates.
@@ -106,7 +106,7 @@ def convert_file(path: str, to: str, adders=(), opts=(), full: bool = False):
 # --- --check ------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclasses.dataclass
 class CheckResult:
     """One conversion's check: the strict load, and the outputs (None when they could not run)."""
 
@@ -184,6 +184,9 @@ def _flatten(x, prefix="out"):
             yield from _flatten(v, f"{prefix}[{i}]")
     elif hasattr(x, "tensor") and isinstance(x.tensor, torch.Tensor):  # other structures
         yield prefix, x.tensor
+    elif dataclasses.is_dataclass(x):  # e.g. DensePose's predictor outputs
+        for field in dataclasses.fields(x):
+            yield from _flatten(getattr(x, field.name), f"{prefix}.{field.name}")
     else:
         yield prefix, x
 
