@@ -4,13 +4,16 @@ unchanged; one of each kind of model builds, loads Detectron2's state_dict stric
 Detectron2's outputs (the whole list: ``tools/convert_config.py --check``)."""
 
 import glob
+import logging
 import os
+import pickle
 
 import pytest
+import torch
 import yaml
 
 from detectron2.config import get_cfg
-from detectron2.modeling import build_backbone
+from detectron2.modeling import build_backbone, build_model
 
 from fpn_plugin import FPNNeck, get_plugin_cfg
 from fpn_plugin.config import detectron2_config_file
@@ -22,6 +25,7 @@ from fpn_plugin.convert import (
     to_detectron2,
     to_plugin,
 )
+from fpn_plugin.engine import FPNCheckpointer
 from tests.conftest import REPO, load_tool
 
 D2_CONFIGS = os.path.dirname(detectron2_config_file("Base-RCNN-FPN.yaml"))
@@ -212,3 +216,58 @@ def test_tool_back_to_detectron2_loads_in_detectron2(tmp_path):
     cfg = get_cfg()
     cfg.merge_from_file(str(out))
     assert len(cfg.MODEL.ANCHOR_GENERATOR.SIZES[0]) == 3  # the octave scales, written out
+
+
+# docs/model_zoo.md: a Detectron2 model-zoo .pkl into the converted config's model.
+SMALL = [
+    "MODEL.RESNETS.DEPTH",
+    "18",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    "64",
+    "MODEL.FPN.OUT_CHANNELS",
+    "32",
+]
+
+
+def _model_zoo_pkl(tmp_path):
+    """A file in the model zoo's format (numpy arrays under "model", "__author__") from a small
+    Detectron2 Faster R-CNN (80 classes), and that model's config."""
+    cfg, _ = load_config(
+        detectron2_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"), False
+    )
+    cfg.merge_from_list(SMALL + ["MODEL.DEVICE", "cpu"])
+    torch.manual_seed(0)
+    state = build_model(cfg).state_dict()
+    path = tmp_path / "model_final.pkl"
+    with open(path, "wb") as f:
+        data = {k: v.numpy() for k, v in state.items()}
+        pickle.dump({"model": data, "__author__": "Detectron2 Model Zoo"}, f)
+    return cfg, state, str(path)
+
+
+def test_model_zoo_checkpoint_loads_into_the_converted_model(tmp_path):
+    cfg, state, path = _model_zoo_pkl(tmp_path)
+    model = build_model(to_plugin(cfg))
+    FPNCheckpointer(model).load(path)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
+def test_model_zoo_checkpoint_with_new_num_classes_keeps_all_but_the_class_layers(tmp_path, caplog):
+    cfg, state, path = _model_zoo_pkl(tmp_path)
+    ours = to_plugin(cfg)
+    ours.MODEL.ROI_HEADS.NUM_CLASSES = 5
+    torch.manual_seed(1)
+    model = build_model(ours)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    with caplog.at_level(logging.WARNING):
+        FPNCheckpointer(model).load(path)
+    skipped = {k for k, v in model.state_dict().items() if not torch.equal(v, state[k])}
+    predictor = "roi_heads.box_predictor."
+    assert skipped == {
+        predictor + n
+        for n in ("cls_score.weight", "cls_score.bias", "bbox_pred.weight", "bbox_pred.bias")
+    }
+    for k in skipped:  # left at the new model's initialisation
+        assert torch.equal(model.state_dict()[k], initial[k])
+    assert "Skip loading parameter 'roi_heads.box_predictor.cls_score.weight'" in caplog.text
