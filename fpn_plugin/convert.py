@@ -270,6 +270,19 @@ def _same(a, b) -> bool:
     return _plain(a) == _plain(b)
 
 
+class _Dumper(yaml.SafeDumper):
+    """Block style for sections, flow style for lists of scalars (``[p2, p3]``), as the
+    project's configs are written."""
+
+
+def _represent_list(dumper, data):
+    flow = all(not isinstance(v, (list, dict)) for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_Dumper.add_representer(list, _represent_list)
+
+
 def dump_changes(cfg: CfgNode, defaults: CfgNode, header: str = "") -> str:
     """YAML of the keys whose values in ``cfg`` differ from ``defaults`` (and ``VERSION``):
     merged over ``defaults`` it gives ``cfg`` back. ``header`` (lines) goes first, as comments."""
@@ -282,6 +295,6 @@ def dump_changes(cfg: CfgNode, defaults: CfgNode, header: str = "") -> str:
             for section in sections:
                 node = node.setdefault(section, {})
             node[leaf] = _plain(value)
-    text = yaml.safe_dump(changed, default_flow_style=None, sort_keys=False, width=100)
+    text = yaml.dump(changed, Dumper=_Dumper, default_flow_style=False, sort_keys=False, width=100)
     comments = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
     return comments + text
