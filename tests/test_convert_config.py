@@ -89,7 +89,8 @@ def test_converted_config_loads_detectron2_state_dict_and_matches(name):
     result = tool.check_conversion(cfg, to_plugin(cfg), image_size=64)
     assert result.strict_load, result.load_error
     assert result.run_error == ""
-    assert result.num_detections > 0  # something was compared
+    if cfg.MODEL.META_ARCHITECTURE != "SemanticSegmentor":  # that one outputs sem_seg only
+        assert result.num_detections > 0  # detections were compared
     assert result.equal and result.accelerated_equal, (result.max_diff, result.accelerated_max_diff)
 
 

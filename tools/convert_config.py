@@ -200,14 +200,12 @@ def compare_outputs(ours, ref):
             f"the outputs differ in structure: {[k for k, _ in a]} vs {[k for k, _ in b]}"
         )
     equal, max_diff = True, 0.0
-    for (name, x), (_, y) in zip(a, b):
+    for (_, x), (_, y) in zip(a, b):
         if isinstance(x, torch.Tensor):
             if x.shape != y.shape or x.dtype != y.dtype:
                 return False, float("inf")
-            same = (
-                torch.equal(x, y) or bool((torch.isnan(x) & torch.isnan(y) | (x == y)).all())
-                if x.is_floating_point()
-                else torch.equal(x, y)
+            same = torch.equal(x, y) or (
+                x.is_floating_point() and bool(((x == y) | (x.isnan() & y.isnan())).all())
             )
             equal = equal and same
             if x.is_floating_point() and x.numel():
@@ -220,6 +218,7 @@ def compare_outputs(ours, ref):
 
 
 def _count_detections(out) -> int:
+    """Detected instances (or proposals) over the images of a model's output."""
     return sum(
         v
         for k, v in _flatten(out)
