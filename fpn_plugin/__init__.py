@@ -13,6 +13,8 @@
 ``add_fpn_plugin_config(cfg)`` adds the plugin's config keys to a Detectron2 ``CfgNode``, and
 ``accelerate(model, cfg)`` applies the execution strategies of ``MODEL.ACCEL`` to a built model.
 
+:mod:`.convert` turns a Detectron2 FPN config into the plugin's and back (a swap of names).
+
 Packages: :mod:`.modeling` (the paper and its family), :mod:`.accel` (running it fast),
 :mod:`.data`, :mod:`.evaluation` (panoptic quality), :mod:`.engine` (training, prediction,
 ablation, the GPU check), :mod:`.export`, :mod:`.benchmark`, :mod:`.utils` (drawing, plots).

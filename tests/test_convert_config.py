@@ -86,7 +86,8 @@ KINDS = [
 @pytest.mark.parametrize("name", KINDS)
 def test_converted_config_loads_detectron2_state_dict_and_matches(name):
     cfg, _ = load_config(detectron2_config_file(name), plugin=False)
-    result = tool.check_conversion(cfg, to_plugin(cfg), image_size=64)
+    # 20 detections, not 100: the mask and keypoint heads' time.
+    result = tool.check_conversion(cfg, to_plugin(cfg), image_size=64, detections_per_image=20)
     assert result.strict_load, result.load_error
     assert result.run_error == ""
     if cfg.MODEL.META_ARCHITECTURE != "SemanticSegmentor":  # that one outputs sem_seg only

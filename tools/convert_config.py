@@ -227,11 +227,16 @@ def _count_detections(out) -> int:
 
 
 def check_conversion(
-    d2_cfg: CfgNode, plugin_cfg: CfgNode, image_size: int = 64, seed: int = 0
+    d2_cfg: CfgNode,
+    plugin_cfg: CfgNode,
+    image_size: int = 64,
+    seed: int = 0,
+    detections_per_image: Optional[int] = None,
 ) -> CheckResult:
     """Build Detectron2's model from ``d2_cfg`` (random weights from ``seed``) and the plugin's
     from ``plugin_cfg``, load the first's ``state_dict`` into the second strictly, and compare
-    their outputs on :func:`generated_image` (eval mode, CPU, score thresholds 0)."""
+    their outputs on :func:`generated_image` (eval mode, CPU, score thresholds 0;
+    ``detections_per_image`` in place of the configs' ``TEST.DETECTIONS_PER_IMAGE`` if given)."""
     cfgs = []
     for c in (d2_cfg, plugin_cfg):
         c = copy.deepcopy(c)
@@ -240,6 +245,8 @@ def check_conversion(
         c.MODEL.WEIGHTS = ""
         c.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
         c.MODEL.RETINANET.SCORE_THRESH_TEST = 0.0
+        if detections_per_image is not None:
+            c.TEST.DETECTIONS_PER_IMAGE = detections_per_image
         cfgs.append(c)
     torch.manual_seed(seed)
     ref = build_model(cfgs[0]).eval()
