@@ -3,7 +3,8 @@
 ``import fpn_plugin`` registers, in Detectron2's registries:
 
 - ``BACKBONE_REGISTRY``: the necks ``build_fpn_neck_backbone`` (a bottom-up network +
-  :class:`FPNNeck`), ``build_pafpn_neck_backbone`` (+ :class:`PathAggregationNeck`) and
+  :class:`FPNNeck`), ``build_retinanet_fpn_neck_backbone`` (the same with RetinaNet's P6, P7),
+  ``build_pafpn_neck_backbone`` (+ :class:`PathAggregationNeck`) and
   ``build_bifpn_backbone`` (+ :class:`BiFPN`, EfficientDet's); the bottom-up networks
   ``build_basic_resnet_backbone`` and ``build_timm_backbone`` (any timm network)
 - ``ANCHOR_GENERATOR_REGISTRY``: ``SharedAnchorGenerator``
@@ -11,6 +12,8 @@
 
 ``add_fpn_plugin_config(cfg)`` adds the plugin's config keys to a Detectron2 ``CfgNode``, and
 ``accelerate(model, cfg)`` applies the execution strategies of ``MODEL.ACCEL`` to a built model.
+
+:mod:`.convert` turns a Detectron2 FPN config into the plugin's and back (a swap of names).
 
 Packages: :mod:`.modeling` (the paper and its family), :mod:`.accel` (running it fast),
 :mod:`.data`, :mod:`.evaluation` (panoptic quality), :mod:`.engine` (training, prediction,
@@ -38,6 +41,7 @@ from .modeling import (  # noqa: E402
     build_bifpn_backbone,
     build_fpn_neck_backbone,
     build_pafpn_neck_backbone,
+    build_retinanet_fpn_neck_backbone,
     build_timm_backbone,
 )
 
@@ -50,6 +54,7 @@ __all__ = [
     "LastLevelSubsample",
     "LastLevelP6P7",
     "build_fpn_neck_backbone",
+    "build_retinanet_fpn_neck_backbone",
     "build_basic_resnet_backbone",
     "PathAggregationNeck",
     "build_pafpn_neck_backbone",

@@ -7,7 +7,7 @@ from .anchors import SharedAnchorGenerator
 from .basic_resnet import build_basic_resnet_backbone
 from .bifpn import BiFPN, BiFPNLayer, BiFPNNode, build_bifpn_backbone
 from .extra_levels import LastLevelP6P7, LastLevelSubsample, build_extra_levels
-from .neck import FPNNeck, TopDownMerge, build_fpn_neck_backbone
+from .neck import FPNNeck, TopDownMerge, build_fpn_neck_backbone, build_retinanet_fpn_neck_backbone
 from .path_aggregation import PathAggregationNeck, build_pafpn_neck_backbone
 from .pooler import LevelMappingROIPooler, assign_boxes_to_levels
 from .roi_heads import LevelMappingROIHeads
@@ -21,6 +21,7 @@ __all__ = [
     "LastLevelP6P7",
     "build_extra_levels",
     "build_fpn_neck_backbone",
+    "build_retinanet_fpn_neck_backbone",
     "build_basic_resnet_backbone",
     "PathAggregationNeck",
     "build_pafpn_neck_backbone",

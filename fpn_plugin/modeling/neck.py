@@ -24,14 +24,25 @@ from ..config import plugin_key
 from ._checks import check_choice, check_in_features
 from .extra_levels import build_extra_levels
 
-__all__ = ["FPNNeck", "TopDownMerge", "build_fpn_neck_backbone", "build_bottom_up"]
+__all__ = [
+    "FPNNeck",
+    "TopDownMerge",
+    "build_fpn_neck_backbone",
+    "build_retinanet_fpn_neck_backbone",
+    "build_bottom_up",
+]
 
 UPSAMPLE_MODES = ("nearest", "bilinear")
 FUSE_TYPES = ("sum", "avg")
 
 
 #: Builders of necks, which cannot be the bottom-up network of a neck.
-NECK_BUILDERS = ("build_fpn_neck_backbone", "build_pafpn_neck_backbone", "build_bifpn_backbone")
+NECK_BUILDERS = (
+    "build_fpn_neck_backbone",
+    "build_retinanet_fpn_neck_backbone",
+    "build_pafpn_neck_backbone",
+    "build_bifpn_backbone",
+)
 
 
 def build_bottom_up(cfg, input_shape: Optional[ShapeSpec] = None) -> Backbone:
@@ -252,13 +263,19 @@ class FPNNeck(Backbone):
         return strides
 
     @classmethod
-    def from_config(cls, cfg, input_shape: Optional[ShapeSpec] = None):
+    def from_config(
+        cls, cfg, input_shape: Optional[ShapeSpec] = None, extra_levels: Optional[str] = None
+    ):
+        """``extra_levels``: one of ``EXTRA_LEVEL_TYPES`` in place of ``MODEL.FPN.EXTRA_LEVELS``
+        (a builder that fixes the extra levels, as Detectron2's builders do); None reads the key."""
         bottom_up = build_bottom_up(cfg, input_shape)
         in_features = list(cfg.MODEL.FPN.IN_FEATURES)
         check_in_features(in_features)
         out_channels = cfg.MODEL.FPN.OUT_CHANNELS
         finest_only = plugin_key(cfg, "MODEL.FPN.FINEST_ONLY")
-        extra = "none" if finest_only else plugin_key(cfg, "MODEL.FPN.EXTRA_LEVELS")
+        if extra_levels is None:
+            extra_levels = plugin_key(cfg, "MODEL.FPN.EXTRA_LEVELS")
+        extra = "none" if finest_only else extra_levels
         return {
             "bottom_up": bottom_up,
             "in_features": in_features,
@@ -355,3 +372,23 @@ def build_fpn_neck_backbone(cfg, input_shape: ShapeSpec) -> FPNNeck:
     """``MODEL.BACKBONE.NAME: "build_fpn_neck_backbone"``:
     ``MODEL.FPN.BOTTOM_UP`` + :class:`FPNNeck`."""
     return FPNNeck(cfg, input_shape)
+
+
+@BACKBONE_REGISTRY.register()
+def build_retinanet_fpn_neck_backbone(cfg, input_shape: ShapeSpec) -> FPNNeck:
+    """``MODEL.BACKBONE.NAME: "build_retinanet_fpn_neck_backbone"``: the counterpart of
+    Detectron2's ``build_retinanet_resnet_fpn_backbone``, :class:`FPNNeck` with RetinaNet's P6, P7
+    made from C5 by stride-2 3x3 convs (``MODEL.FPN.EXTRA_LEVELS`` "p6p7_c5", whatever the key
+    says, as Detectron2's builder fixes them). The bottom-up network is ``MODEL.FPN.BOTTOM_UP``.
+    """
+    extra = plugin_key(cfg, "MODEL.FPN.EXTRA_LEVELS")
+    # The key's default ("p6_subsample") cannot be told apart from an unset key; any other value
+    # than RetinaNet's asks for levels this builder does not make.
+    if extra not in ("p6_subsample", "p6p7_c5") or plugin_key(cfg, "MODEL.FPN.FINEST_ONLY"):
+        raise ValueError(
+            "MODEL.BACKBONE.NAME = 'build_retinanet_fpn_neck_backbone' makes P6, P7 from C5 "
+            f"(MODEL.FPN.EXTRA_LEVELS 'p6p7_c5'), but the config sets MODEL.FPN.EXTRA_LEVELS = "
+            f"{extra!r} / MODEL.FPN.FINEST_ONLY = {plugin_key(cfg, 'MODEL.FPN.FINEST_ONLY')}; "
+            "for other extra levels use 'build_fpn_neck_backbone' with MODEL.FPN.EXTRA_LEVELS."
+        )
+    return FPNNeck(cfg, input_shape, extra_levels="p6p7_c5")
