@@ -38,24 +38,19 @@ import dataclasses
 import os
 import sys
 import time
-import warnings
 from typing import List, Optional
 
-# Detectron2's import scripts functions with torch.jit.script, which torch deprecates.
-warnings.filterwarnings(
-    "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
-)
+import tool_startup  # noqa: F401  (first: Detectron2 imported without the TorchScript warning)
+import torch
 
-import torch  # noqa: E402
+from detectron2.config import CfgNode
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
 
-from detectron2.config import CfgNode  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from detectron2.structures import Boxes, Instances  # noqa: E402
-
-import fpn_plugin  # noqa: E402,F401  (registers the components)
-from fpn_plugin import accelerate  # noqa: E402
-from fpn_plugin.config import detectron2_config_file  # noqa: E402
-from fpn_plugin.convert import (  # noqa: E402
+import fpn_plugin  # noqa: F401  (registers the components)
+from fpn_plugin import accelerate
+from fpn_plugin.config import detectron2_config_file
+from fpn_plugin.convert import (
     default_config,
     dump_changes,
     is_fpn_config,
