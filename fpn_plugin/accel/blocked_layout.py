@@ -286,6 +286,7 @@ def blocked_layout_matches(folded: bool = False) -> bool:
 # The strategies
 # --------------------------------------------------------------------------------------------
 
+
 class BlockedLayoutResNet(Strategy):
     """On a Detectron2 ``ResNet``: given a oneDNN tensor (as its :class:`BlockedLayoutNeck` passes
     it), it runs in oneDNN's layout and returns oneDNN tensors; given an NCHW tensor, the plain

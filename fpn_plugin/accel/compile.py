@@ -106,7 +106,9 @@ def apply_compile(model: nn.Module) -> int:
     backbone = model if isinstance(model, Backbone) else _child(model, "backbone")
     if backbone is not None:
         targets.append((backbone, CompiledForward, False))
-    targets.append((_child(_child(model, "proposal_generator"), "rpn_head"), CompiledForward, False))
+    targets.append(
+        (_child(_child(model, "proposal_generator"), "rpn_head"), CompiledForward, False)
+    )
     targets.append((_child(model, "head"), CompiledForward, False))  # RetinaNet
     roi_heads = _child(model, "roi_heads")
     for name in ("box_head", "box_predictor"):
