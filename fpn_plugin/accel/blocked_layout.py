@@ -92,16 +92,19 @@ def supports_blocked_layout(bottom_up: nn.Module) -> bool:
     ``BasicStem``, ``BottleneckBlock``/``BasicBlock`` (exact classes, no deformable convs), convs
     with ``FrozenBatchNorm2d``/``BatchNorm2d`` or no norm (folded or not), and no classifier
     head."""
-    if plain_class(type(bottom_up)) is not ResNet or type(bottom_up.stem) is not BasicStem:
+    if (
+        plain_class(type(bottom_up)) is not ResNet
+        or plain_class(type(bottom_up.stem)) is not BasicStem
+    ):
         return False
     if bottom_up.num_classes is not None:
         return False
     convs = [bottom_up.stem.conv1]
     for stage in bottom_up.stages:
         for block in stage:
-            if type(block) is BottleneckBlock:
+            if plain_class(type(block)) is BottleneckBlock:
                 convs += [block.conv1, block.conv2, block.conv3]
-            elif type(block) is BasicBlock:
+            elif plain_class(type(block)) is BasicBlock:
                 convs += [block.conv1, block.conv2]
             else:
                 return False
@@ -210,7 +213,7 @@ def blocked_conv(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``BottleneckBlock.forward`` / ``BasicBlock.forward`` on oneDNN tensors."""
     out = torch.relu_(blocked_conv(block.conv1, x))
-    if type(block) is BottleneckBlock:
+    if plain_class(type(block)) is BottleneckBlock:
         out = torch.relu_(blocked_conv(block.conv2, out))
         out = blocked_conv(block.conv3, out)
     else:

@@ -70,6 +70,9 @@ class ScriptsPlainCopy(Strategy):
     """On a module above a strategy (:func:`mark_ancestors`): changes nothing but scripting, which
     compiles a plain deep copy (see the module doc)."""
 
+    def _get_name(self) -> str:
+        return plain_class(type(self)).__name__  # printed as the plain module
+
 
 def _combined_class(strategy: type, cls: type) -> type:
     combined = _COMBINED.get((strategy, cls))

@@ -68,6 +68,7 @@ def test_accelerate_marks_the_modules_above_a_strategy():
     holder = accelerate(_Holder(build_backbone(plugin_cfg("configs/quickstart.yaml"))))
     marked = {n for n, m in holder.named_modules() if strategies_of(m)}
     assert "" in marked and "backbone" in marked
+    assert repr(holder).startswith("_Holder(\n  (backbone): BlockedLayoutNeckFPNNeck(")
     plain = accelerate(
         _Holder(build_backbone(plugin_cfg("configs/quickstart.yaml"))), AccelOptions(enabled=False)
     )
