@@ -138,8 +138,9 @@ def add_fpn_plugin_config(cfg: CN) -> CN:
 
     # --- Execution (MODEL.ACCEL): how the model is run, read by fpn_plugin.accel.accelerate ---
     # Every key changes speed or memory, never the architecture or the parameters. The defaults
-    # keep the outputs bit-identical; ROI_ALIGN "embedding_bag", CHANNELS_LAST, AUTOCAST_DTYPE and
-    # FOLD_FROZEN_BN change them by float rounding (docs/performance.md).
+    # keep the outputs bit-identical, and run only on the devices where they were measured (the
+    # others step aside there: fpn_plugin/accel/devices.py); ROI_ALIGN "embedding_bag",
+    # CHANNELS_LAST, AUTOCAST_DTYPE, FOLD_FROZEN_BN and COMPILE change them by float rounding.
     if "ACCEL" not in _C.MODEL:
         _C.MODEL.ACCEL = CN()
     # False: the plain model, as its classes compute it (no strategy below is applied).
@@ -147,17 +148,19 @@ def add_fpn_plugin_config(cfg: CN) -> CN:
     # CPU float32 inference: a Detectron2 ResNet bottom-up and the lateral convs run on oneDNN
     # tensors (its blocked layout), skipping the two layout conversions of every NCHW convolution.
     # Checked once per process against the NCHW path (falls back if they differ). Ignored with
-    # CHANNELS_LAST or AUTOCAST_DTYPE.
+    # CHANNELS_LAST, AUTOCAST_DTYPE or COMPILE.
     _set(_C.MODEL.ACCEL, "CPU_BLOCKED_LAYOUT", True)
-    # Inference: the top-down merge adds the upsampled map into the lateral map in place.
+    # CPU inference: the top-down merge adds the upsampled map into the lateral map in place.
     _set(_C.MODEL.ACCEL, "IN_PLACE_TOP_DOWN", True)
-    # Anchor grids kept per feature-map sizes (least recently used evicted); 0 turns the cache off.
+    # CPU and CUDA: anchor grids kept per feature-map sizes (least recently used evicted); 0 turns
+    # the cache off.
     _set(_C.MODEL.ACCEL, "ANCHOR_CACHE_SIZE", 16)
     # RoIAlign of the level-mapping poolers (Detectron2's ROIPooler is replaced by its equivalent):
     # "per_level" (one RoI op per level, one thread, as Detectron2); "parallel" (in inference the
     # same ops with the RoIs split over the CPU threads: bit-identical); "embedding_bag" (all levels
     # in one vectorised call: fastest, equal to float rounding, docs/performance.md); "auto"
-    # ("parallel" in inference, "embedding_bag" when gradients flow, i.e. in training).
+    # ("parallel" in inference, "embedding_bag" when gradients flow, i.e. in training; on CPU only:
+    # elsewhere, e.g. CUDA, "per_level").
     _set(_C.MODEL.ACCEL, "ROI_ALIGN", "auto")
     # Backbone in channels-last (NHWC) memory layout: faster convolutions, features equal to float
     # rounding (near-tied proposals may swap places in the ranking).
@@ -168,6 +171,11 @@ def add_fpn_plugin_config(cfg: CN) -> CN:
     # Inference: each FrozenBatchNorm folded into the convolution before it (one pass instead of
     # two).
     _set(_C.MODEL.ACCEL, "FOLD_FROZEN_BN", False)
+    # Inference: the backbone (bottom-up + neck), the RPN (or RetinaNet) head and the RoI heads'
+    # convs and fcs compiled by torch.compile (inductor, freezing), on any device. Outputs equal to
+    # float rounding; the first call (and each new padded input size) compiles for tens of seconds.
+    # Replaces CPU_BLOCKED_LAYOUT, IN_PLACE_TOP_DOWN and FOLD_FROZEN_BN. Training stays eager.
+    _set(_C.MODEL.ACCEL, "COMPILE", False)
 
     # --- Renamed keys (RENAMED_KEYS): None = not set; a value is still honoured, with a warning.
     for old in RENAMED_KEYS:

@@ -11,9 +11,13 @@ place, the plugin's or Detectron2's own; each strategy lives in its own module:
   in one embedding-bag call, with a workspace;
 - :mod:`.channels_last`, :mod:`.autocast`, :mod:`.frozen_bn_fold`: memory layout, inference
   mixed precision, FrozenBN folding (equal to float rounding);
+- :mod:`.compile`: the backbone and heads compiled by inductor for inference (equal to float
+  rounding);
+- :mod:`.devices`: the device types where each default-on strategy runs (measured there);
 - :mod:`.cpu_allocator`: the tools' glibc malloc setting for CPU runs.
 
-:mod:`.strategy` is the mechanism: a module keeps its parameters and gets a subclass.
+:mod:`.strategy` is the mechanism: a module keeps its parameters and gets a subclass; scripting
+compiles a plain copy and leaves the eager model as it is.
 """
 
 from .accelerate import AccelOptions, accelerate

@@ -6,8 +6,9 @@
 
 It works on the plugin's models and on Detectron2's own (``FPN``, ``DefaultAnchorGenerator``,
 ``ROIPooler``), in place, and keeps every parameter name and value: checkpoints load as before.
-The bit-identical strategies are on by default; those that change the last bits of the outputs
-(memory layout, precision, folding) are opt-in. ``AccelOptions(enabled=False)`` (or
+The bit-identical strategies are on by default, on the devices where they were measured
+(:mod:`.devices`); those that change the last bits of the outputs (memory layout, precision,
+folding, compilation) are opt-in. ``AccelOptions(enabled=False)`` (or
 ``MODEL.ACCEL.ENABLED False``) leaves the plain model.
 """
 
@@ -33,11 +34,12 @@ from .anchor_cache import AnchorCache
 from .autocast import AUTOCAST_DTYPES, InferenceAutocast
 from .blocked_layout import apply_blocked_layout
 from .channels_last import apply_channels_last
+from .compile import apply_compile
 from .frozen_bn_fold import fold_frozen_batchnorm
 from .in_place_merge import InPlaceTopDown
 from .multilevel_pooler import MultiLevelROIAlign
 from .parallel_pooler import ParallelROIAlign
-from .strategy import apply_strategy, plain_class
+from .strategy import apply_strategy, mark_ancestors, plain_class
 
 __all__ = ["AccelOptions", "accelerate", "ROI_ALIGN_MODES", "level_mapping_pooler_like"]
 
@@ -67,6 +69,7 @@ class AccelOptions:
     channels_last: bool = False
     autocast_dtype: str = ""
     fold_frozen_bn: bool = False
+    compile: bool = False
 
     def __post_init__(self):
         if self.autocast_dtype not in AUTOCAST_DTYPES:
@@ -128,9 +131,9 @@ def level_mapping_pooler_like(pooler: ROIPooler) -> LevelMappingROIPooler:
     )
 
 
-def _apply_pooler_strategies(model: nn.Module, strategies) -> int:
-    """``strategies`` on every ROIAlign pooler of ``model``, Detectron2's ``ROIPooler`` replaced
-    by its equivalent first; returns how many poolers."""
+def _apply_pooler_strategies(model: nn.Module, mode: str) -> int:
+    """The strategies of ``ROI_ALIGN_MODES[mode]`` on every ROIAlign pooler of ``model``,
+    Detectron2's ``ROIPooler`` replaced by its equivalent first; returns how many poolers."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is ROIPooler and isinstance(child.level_poolers[0], ROIAlign):
@@ -138,8 +141,10 @@ def _apply_pooler_strategies(model: nn.Module, strategies) -> int:
     poolers = [m for m in model.modules() if isinstance(m, LevelMappingROIPooler)]
     poolers = [p for p in poolers if p.pooler_type in ("ROIAlignV2", "ROIAlign")]
     for pooler in poolers:
-        for strategy in strategies:
-            apply_strategy(pooler, strategy)
+        for strategy in ROI_ALIGN_MODES[mode]:
+            # "auto" is a default: its embedding bag steps aside where it was not measured.
+            settings = {"by_default": mode == "auto"} if strategy is MultiLevelROIAlign else {}
+            apply_strategy(pooler, strategy, **settings)
     return len(poolers)
 
 
@@ -168,10 +173,12 @@ def accelerate(model: nn.Module, options: Union[AccelOptions, CfgNode, None] = N
     if not options.enabled:
         return model
     applied = []
-    if options.fold_frozen_bn and fold_frozen_batchnorm(model):
+    # The compiler folds the norms and fuses the merge itself, and cannot trace oneDNN tensors:
+    # under COMPILE the strategies that do these by hand inside the backbone are left out.
+    if options.fold_frozen_bn and not options.compile and fold_frozen_batchnorm(model):
         applied.append("fold_frozen_bn")
     for neck in _necks(model):
-        if options.in_place_top_down:
+        if options.in_place_top_down and not options.compile:
             for merge in getattr(neck, "top_down_merges", []):
                 if plain_class(type(merge)) is TopDownMerge and (
                     merge.fuse_type,
@@ -180,7 +187,8 @@ def accelerate(model: nn.Module, options: Union[AccelOptions, CfgNode, None] = N
                     apply_strategy(merge, InPlaceTopDown)
                     applied.append("in_place_top_down")
         # The blocked layout is a float32 NCHW path: the other layout and precision replace it.
-        if options.cpu_blocked_layout and not options.channels_last and not options.autocast_dtype:
+        replaced = options.channels_last or options.autocast_dtype or options.compile
+        if options.cpu_blocked_layout and not replaced:
             if apply_blocked_layout(neck):
                 applied.append("cpu_blocked_layout")
     backbone = _backbone(model)
@@ -197,10 +205,14 @@ def accelerate(model: nn.Module, options: Union[AccelOptions, CfgNode, None] = N
             if isinstance(m, (SharedAnchorGenerator, DefaultAnchorGenerator)):
                 apply_strategy(m, AnchorCache, anchor_cache_size=int(options.anchor_cache_size))
                 applied.append("anchor_cache")
-    strategies = ROI_ALIGN_MODES[options.roi_align]
-    if strategies and _apply_pooler_strategies(model, strategies):
+    if ROI_ALIGN_MODES[options.roi_align] and _apply_pooler_strategies(model, options.roi_align):
         applied.append(f"roi_align {options.roi_align}")
+    # Last: the compiled program runs the strategies above on the same module (autocast, layout).
+    if options.compile and apply_compile(model):
+        applied.append("compile")
+    mark_ancestors(model)
     logger.info(
-        f"fpn_plugin.accel: applied {sorted(set(applied)) or 'nothing'} to {type(model).__name__}"
+        f"fpn_plugin.accel: applied {sorted(set(applied)) or 'nothing'} to "
+        f"{plain_class(type(model)).__name__}"
     )
     return model

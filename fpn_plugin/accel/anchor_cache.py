@@ -13,6 +13,7 @@ import torch
 
 from detectron2.structures import Boxes
 
+from .devices import runs_by_default
 from .strategy import Strategy
 
 __all__ = ["AnchorCache"]
@@ -20,14 +21,18 @@ __all__ = ["AnchorCache"]
 
 class AnchorCache(Strategy):
     """On an anchor generator: grids cached per (feature sizes, device, dtype), at most
-    ``anchor_cache_size`` sets (set it when applying). The cached tensors are shared between
-    calls: treat them as read-only."""
+    ``anchor_cache_size`` sets (set it when applying), on the devices where it was measured (CPU,
+    CUDA). The cached tensors are shared between calls: treat them as read-only."""
 
     _transient = ("_anchor_cache",)
     anchor_cache_size: int = 16
 
     def forward(self, features: List[torch.Tensor]) -> List[Boxes]:
-        if torch.jit.is_tracing() or self.anchor_cache_size <= 0:
+        if (
+            torch.jit.is_tracing()
+            or self.anchor_cache_size <= 0
+            or not runs_by_default("anchor_cache", features[0].device)
+        ):
             return super().forward(features)
         dtype = next(self.buffers()).dtype
         key = (

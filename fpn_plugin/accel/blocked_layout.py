@@ -24,18 +24,17 @@ ever used, and everything falls back to the NCHW path if it does not. A convolut
 PyTorch would not run with oneDNN on an NCHW input (:func:`_dense_conv_uses_onednn`) runs on
 NCHW here too.
 
-Applied to a neck (:func:`apply_blocked_layout`), three strategies cooperate: the neck's forward
-asks (for its own call only) its ResNet bottom-up for oneDNN outputs, and the convolutions that
-read those outputs (the laterals, and a P6 conv on C5) take them without conversion and return
-NCHW tensors. Everything after the laterals runs on NCHW tensors as before.
+Applied to a neck (:func:`apply_blocked_layout`), three strategies cooperate, each passing oneDNN
+tensors to the next as its argument: the neck's forward hands its ResNet bottom-up the image batch
+as a oneDNN tensor, the ResNet given a oneDNN input returns oneDNN outputs, and the convolutions
+that read those outputs (the laterals, and a P6 conv on C5) take them without conversion and
+return NCHW tensors. Everything after the laterals runs on NCHW tensors as before.
 """
 
-import contextlib
 import functools
 import logging
-import threading
 import weakref
-from typing import Dict, Iterator
+from typing import Dict
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +43,7 @@ from torch import nn
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock, ResNet
 
+from .devices import runs_by_default
 from .frozen_bn_fold import FoldedFrozenBN, fold_frozen_batchnorm
 from .strategy import Strategy, apply_strategy, plain_class
 
@@ -92,16 +92,19 @@ def supports_blocked_layout(bottom_up: nn.Module) -> bool:
     ``BasicStem``, ``BottleneckBlock``/``BasicBlock`` (exact classes, no deformable convs), convs
     with ``FrozenBatchNorm2d``/``BatchNorm2d`` or no norm (folded or not), and no classifier
     head."""
-    if plain_class(type(bottom_up)) is not ResNet or type(bottom_up.stem) is not BasicStem:
+    if (
+        plain_class(type(bottom_up)) is not ResNet
+        or plain_class(type(bottom_up.stem)) is not BasicStem
+    ):
         return False
     if bottom_up.num_classes is not None:
         return False
     convs = [bottom_up.stem.conv1]
     for stage in bottom_up.stages:
         for block in stage:
-            if type(block) is BottleneckBlock:
+            if plain_class(type(block)) is BottleneckBlock:
                 convs += [block.conv1, block.conv2, block.conv3]
-            elif type(block) is BasicBlock:
+            elif plain_class(type(block)) is BasicBlock:
                 convs += [block.conv1, block.conv2]
             else:
                 return False
@@ -210,7 +213,7 @@ def blocked_conv(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``BottleneckBlock.forward`` / ``BasicBlock.forward`` on oneDNN tensors."""
     out = torch.relu_(blocked_conv(block.conv1, x))
-    if type(block) is BottleneckBlock:
+    if plain_class(type(block)) is BottleneckBlock:
         out = torch.relu_(blocked_conv(block.conv2, out))
         out = blocked_conv(block.conv3, out)
     else:
@@ -220,14 +223,15 @@ def _block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def resnet_blocked_forward(resnet: ResNet, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """``resnet(x)`` for an NCHW float32 CPU batch ``x`` (N, 3, H, W), computed in oneDNN's layout.
+    """``resnet(x)`` for a float32 CPU batch ``x`` (N, 3, H, W), NCHW or already a oneDNN tensor,
+    computed in oneDNN's layout.
 
     Returns ``{name: oneDNN tensor (N, C, H/s, W/s)}`` for ``resnet``'s output features; the caller
     converts with ``.to_dense()`` what it needs as NCHW. Only valid when
     :func:`supports_blocked_layout` is True and under ``torch.no_grad()``.
     """
     outputs = {}
-    x = torch.relu_(blocked_conv(resnet.stem.conv1, x.to_mkldnn()))
+    x = torch.relu_(blocked_conv(resnet.stem.conv1, x if x.is_mkldnn else x.to_mkldnn()))
     x = torch.max_pool2d(x, kernel_size=3, stride=2, padding=1)  # BasicStem's pooling
     if "stem" in resnet._out_features:
         outputs["stem"] = x
@@ -285,26 +289,14 @@ def blocked_layout_matches(folded: bool = False) -> bool:
 # The strategies
 # --------------------------------------------------------------------------------------------
 
-# Set by a BlockedLayoutNeck for the duration of its forward, in its thread only: its ResNet then
-# returns oneDNN tensors, which only the neck's prepared convolutions read.
-_onednn_outputs = threading.local()
-
-
-@contextlib.contextmanager
-def _bottom_up_returns_onednn() -> Iterator[None]:
-    _onednn_outputs.active = True
-    try:
-        yield
-    finally:
-        _onednn_outputs.active = False
-
 
 class BlockedLayoutResNet(Strategy):
-    """On a Detectron2 ``ResNet``: called by its :class:`BlockedLayoutNeck` (only), it runs in
-    oneDNN's layout and returns oneDNN tensors; called by anyone else, the plain forward."""
+    """On a Detectron2 ``ResNet``: given a oneDNN tensor (as its :class:`BlockedLayoutNeck` passes
+    it), it runs in oneDNN's layout and returns oneDNN tensors; given an NCHW tensor, the plain
+    forward."""
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        if getattr(_onednn_outputs, "active", False):
+        if x.is_mkldnn:
             return resnet_blocked_forward(self, x)
         return super().forward(x)
 
@@ -326,14 +318,17 @@ class BlockedLayoutNeck(Strategy):
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         if not self.takes_blocked_path(x):
             return super().forward(x)
-        with _bottom_up_returns_onednn():
-            return super().forward(x)
+        # The neck's forward passes x straight to its bottom-up: a oneDNN x asks the ResNet for
+        # oneDNN outputs, which only the neck's prepared convolutions read.
+        return super().forward(x.to_mkldnn())
 
     def takes_blocked_path(self, x: torch.Tensor) -> bool:
         """Whether a forward on ``x`` takes the blocked-layout path (else the plain one)."""
         if torch.jit.is_tracing() or self.training or torch.is_grad_enabled():
             return False
-        if x.device.type != "cpu" or x.dtype != torch.float32 or x.numel() == 0:
+        if not runs_by_default("cpu_blocked_layout", x.device):
+            return False
+        if x.dtype != torch.float32 or x.numel() == 0:
             return False
         if cpu_autocast_enabled():
             # The caller's torch.autocast: its convolutions run in low precision.

@@ -10,6 +10,7 @@ from typing import List, Optional
 
 import torch
 
+from .devices import runs_by_default
 from .strategy import Strategy
 
 __all__ = ["InPlaceTopDown"]
@@ -17,8 +18,9 @@ __all__ = ["InPlaceTopDown"]
 
 class InPlaceTopDown(Strategy):
     """On a :class:`~fpn_plugin.modeling.neck.TopDownMerge` with "sum" and "nearest": without
-    gradients, adds the coarser map into the lateral map in place (the lateral map is the
-    lateral conv's fresh output, read by nothing else) and returns it."""
+    gradients, on the devices where it was measured (CPU), adds the coarser map into the lateral
+    map in place (the lateral map is the lateral conv's fresh output, read by nothing else) and
+    returns it."""
 
     def forward(
         self, lateral: Optional[torch.Tensor], coarser: torch.Tensor, size: List[int]
@@ -28,6 +30,7 @@ class InPlaceTopDown(Strategy):
             or torch.is_grad_enabled()
             or torch.jit.is_tracing()
             or not lateral.is_contiguous()
+            or not runs_by_default("in_place_top_down", lateral.device)
         ):
             return super().forward(lateral, coarser, size)
         n, ch, h, w = coarser.shape

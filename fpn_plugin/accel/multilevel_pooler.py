@@ -14,6 +14,7 @@ from typing import List
 
 import torch
 
+from .devices import roi_align_auto_path
 from .roi_align import multilevel_roi_align
 from .strategy import Strategy
 
@@ -24,13 +25,16 @@ class MultiLevelROIAlign(Strategy):
     """On a :class:`~fpn_plugin.modeling.pooler.LevelMappingROIPooler` with ROIAlign or ROIAlignV2:
     ``pool`` in one call, on any device.
 
-    Setting ``reuse_workspace``: keep the feature table between inference calls (never used when
+    Settings: ``reuse_workspace``: keep the feature table between inference calls (never used when
     gradients flow to the features; :meth:`release_workspace` frees it). A second thread running
-    the same pooler at once gets a fresh table instead of waiting.
+    the same pooler at once gets a fresh table instead of waiting. ``by_default``: applied by
+    ``ROI_ALIGN "auto"``, so it steps aside on devices where that choice was not measured
+    (:func:`~fpn_plugin.accel.devices.roi_align_auto_path`).
     """
 
     _transient = ("_workspace", "_workspace_lock")
     reuse_workspace: bool = True
+    by_default: bool = False
 
     def pool(self, x: List[torch.Tensor], rois: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
         if not self.pools_in_one_call(x[0]):
@@ -65,6 +69,8 @@ class MultiLevelROIAlign(Strategy):
 
     def pools_in_one_call(self, x: torch.Tensor) -> bool:
         """Whether features like ``x`` are pooled by the vectorised call (else per level)."""
+        if self.by_default and roi_align_auto_path(x.device, gradients=True) != "embedding_bag":
+            return False
         return self.pooler_type in ("ROIAlignV2", "ROIAlign") and not torch.jit.is_tracing()
 
     def release_workspace(self) -> None:

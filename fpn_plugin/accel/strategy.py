@@ -7,17 +7,28 @@ parameters, buffers and ``state_dict`` keys; only its class becomes ``Strategy +
 way and defers to the original where it does not apply. Strategies stack (autocast over
 channels-last, say) and are removed by :func:`remove_strategies`.
 
-Export always sees the plain module: ``torch.jit.script`` compiles the original class (TorchScript
-rewrites the modules it scripts anyway, so script a deep copy to keep the eager model's
-strategies, as :mod:`fpn_plugin.export` does), and the strategies step aside while
-``torch.jit.trace`` runs.
+Export always sees the plain module, and never changes the eager one: ``torch.jit.script`` of a
+module with a strategy compiles a plain deep copy of it (``__prepare_scriptable__``), and the
+strategies step aside while ``torch.jit.trace`` runs. TorchScript puts what a child's
+``__prepare_scriptable__`` returns into its parent's module dict, so :func:`mark_ancestors` gives
+every module above a strategy :class:`ScriptsPlainCopy`, which makes the copy one level up:
+scripting the model (or any part of it) leaves the user's model as it was.
 """
 
+import copy
 from typing import Dict, List, Tuple, Type
 
 from torch import nn
 
-__all__ = ["Strategy", "apply_strategy", "plain_class", "strategies_of", "remove_strategies"]
+__all__ = [
+    "Strategy",
+    "ScriptsPlainCopy",
+    "apply_strategy",
+    "mark_ancestors",
+    "plain_class",
+    "strategies_of",
+    "remove_strategies",
+]
 
 # (strategy, class) -> the combined class, and back.
 _COMBINED: Dict[Tuple[type, type], type] = {}
@@ -48,11 +59,19 @@ class Strategy:
         )
 
     def __prepare_scriptable__(self):
-        # In place: a new object here could later be mistaken by TorchScript's recursion (which
-        # remembers modules by id) for a freed one it has seen.
-        _make_plain(self)
-        prepare = getattr(self, "__prepare_scriptable__", None)  # the plain class's, if any
-        return prepare() if prepare is not None else self
+        # A plain deep copy: TorchScript compiles it and puts it where this module was in the
+        # module dict of the one it is scripting, never this module (the user's) itself.
+        plain = remove_strategies(copy.deepcopy(self))
+        prepare = getattr(plain, "__prepare_scriptable__", None)  # the plain class's, if any
+        return prepare() if prepare is not None else plain
+
+
+class ScriptsPlainCopy(Strategy):
+    """On a module above a strategy (:func:`mark_ancestors`): changes nothing but scripting, which
+    compiles a plain deep copy (see the module doc)."""
+
+    def _get_name(self) -> str:
+        return plain_class(type(self)).__name__  # printed as the plain module
 
 
 def _combined_class(strategy: type, cls: type) -> type:
@@ -106,6 +125,21 @@ def _make_plain(module: nn.Module) -> None:
         module.__class__ = plain_class(type(module))
         module.__dict__.clear()
         module.__dict__.update(state)
+
+
+def mark_ancestors(model: nn.Module) -> nn.Module:
+    """:class:`ScriptsPlainCopy` on every module of ``model`` (``model`` included) that has no
+    strategy but holds a module with one (in place); returns ``model``."""
+    modules = dict(model.named_modules())
+    for name, module in list(modules.items()):
+        if type(module) not in _PARTS or not name:
+            continue
+        parts = name.split(".")
+        for i in range(len(parts)):
+            ancestor = modules[".".join(parts[:i])]
+            if type(ancestor) not in _PARTS:
+                apply_strategy(ancestor, ScriptsPlainCopy)
+    return model
 
 
 def remove_strategies(model: nn.Module) -> nn.Module:

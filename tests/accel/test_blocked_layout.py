@@ -47,6 +47,16 @@ def r50_neck():
     return neck
 
 
+def _count_blocked_forwards(monkeypatch) -> "_Counter":
+    """A counter of the ResNet's oneDNN forwards, installed after the once-per-process self-checks
+    (which run that forward themselves) are done."""
+    blocked_layout_matches()
+    blocked_layout_matches(folded=True)
+    counter = _Counter(blocked_module.resnet_blocked_forward)
+    monkeypatch.setattr(blocked_module, "resnet_blocked_forward", counter)
+    return counter
+
+
 class _Counter:
     def __init__(self, fn):
         self.fn, self.calls = fn, 0
@@ -59,9 +69,8 @@ class _Counter:
 def _neck_outputs(neck, x, blocked: bool, monkeypatch):
     """``neck(x)`` without gradients (``neck`` accelerated), through the blocked path or, with that
     path turned off, the plain NCHW one; checks which path ran."""
-    counter = _Counter(blocked_module._bottom_up_returns_onednn)
     with monkeypatch.context() as m:
-        m.setattr(blocked_module, "_bottom_up_returns_onednn", counter)
+        counter = _count_blocked_forwards(m)
         if not blocked:
             m.setattr(BlockedLayoutNeck, "takes_blocked_path", lambda self, x: False)
         with torch.no_grad():
@@ -129,8 +138,7 @@ def test_full_model_uses_it_and_outputs_are_identical(monkeypatch):
     _realistic_statistics(model)
     image = torch.rand(3, 320, 448) * 255
     inputs = [{"image": image, "height": 320, "width": 448}]
-    counter = _Counter(blocked_module._bottom_up_returns_onednn)
-    monkeypatch.setattr(blocked_module, "_bottom_up_returns_onednn", counter)
+    counter = _count_blocked_forwards(monkeypatch)
     with torch.no_grad():
         ref = model(inputs)[0]["instances"]
         accelerate(model, AccelOptions(cpu_blocked_layout=True, roi_align="per_level"))
@@ -143,8 +151,7 @@ def test_full_model_uses_it_and_outputs_are_identical(monkeypatch):
 
 def test_not_taken_where_it_does_not_apply(r50_neck, monkeypatch):
     x = torch.randn(1, 3, 128, 192)
-    counter = _Counter(blocked_module._bottom_up_returns_onednn)
-    monkeypatch.setattr(blocked_module, "_bottom_up_returns_onednn", counter)
+    counter = _count_blocked_forwards(monkeypatch)
     r50_neck(x)  # gradients enabled
     with torch.no_grad():
         r50_neck.train()
@@ -172,8 +179,7 @@ def test_a_callers_autocast_is_respected_and_does_not_spoil_the_self_check(
     such a region still compares float32 with float32 (before, it compared bfloat16 with float32,
     failed, and turned the blocked path off for the whole process with a false warning)."""
     x = torch.randn(1, 3, 128, 192) * 60
-    counter = _Counter(blocked_module._bottom_up_returns_onednn)
-    monkeypatch.setattr(blocked_module, "_bottom_up_returns_onednn", counter)
+    counter = _count_blocked_forwards(monkeypatch)
     blocked_layout_matches.cache_clear()
     try:
         with (
@@ -182,6 +188,7 @@ def test_a_callers_autocast_is_respected_and_does_not_spoil_the_self_check(
             caplog.at_level("WARNING"),
         ):
             assert blocked_layout_matches() and blocked_layout_matches(folded=True)
+            counter.calls = 0  # the self-checks' own forwards
             assert not r50_neck.takes_blocked_path(x)
             features = r50_neck(x)
         assert "does not reproduce" not in caplog.text
