@@ -20,7 +20,7 @@ from detectron2.modeling import build_model
 
 import fpn_plugin  # noqa: F401  (registers the components)
 from fpn_plugin.accel import accelerate
-from fpn_plugin.benchmark.workload import make_trained_like
+from fpn_plugin.utils.testing import make_trained_like
 from fpn_plugin.config import detectron2_config_file, get_plugin_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

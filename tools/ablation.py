@@ -20,7 +20,7 @@ is the base config plus its overrides in configs/ablation/<name>.yaml:
 
 Writes to --output-dir: ablation.md (the table), ablation.json (every figure, the budget and the
 settings), ablation.png (bar chart) and one training folder per variant. The runner is
-fpn_plugin/engine/ablation.py.
+tools/fpn_bench/ablation.py.
 """
 
 import argparse
@@ -28,12 +28,11 @@ import os
 import sys
 from typing import List, Optional
 
+from fpn_bench.ablation import VARIANT_DIR, VARIANTS, TrainingBudget, parse_variants, run_ablation
+from fpn_bench.checkout import CONFIGS
 from fpn_plugin.accel.cpu_allocator import add_system_malloc_argument, keep_freed_memory_for_tool
-from fpn_plugin.engine.ablation import VARIANTS, parse_variants, run_ablation
 
-DEFAULT_CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "quickstart.yaml"
-)
+DEFAULT_CONFIG = os.path.join(CONFIGS, "quickstart.yaml")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -75,6 +74,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--output-dir", default="output/ablation", help="where the table, JSON, chart and runs go"
     )
+    p.add_argument(
+        "--variant-dir",
+        default=VARIANT_DIR,
+        help="folder of the variants' overrides, <name>.yaml (default: configs/ablation)",
+    )
     add_system_malloc_argument(p)
     p.add_argument(
         "--opts",
@@ -95,7 +99,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     message = keep_freed_memory_for_tool(args, args.device)
     if message:
         print(message)
-    run_ablation(args)
+    budget = TrainingBudget.from_flags(vars(args))
+    run_ablation(budget, args.variants, args.output_dir, args.variant_dir)
     return 0
 
 

@@ -43,7 +43,7 @@ from detectron2.utils.logger import setup_logger
 
 from fpn_plugin.accel.cpu_allocator import add_system_malloc_argument
 from fpn_plugin.engine import prepare_process
-from fpn_plugin.engine.demo import (
+from fpn_apps.demo import (
     DemoError,
     DetectionDemo,
     load_demo_config,

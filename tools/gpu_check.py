@@ -24,7 +24,7 @@ import os
 import shlex
 import sys
 
-from fpn_plugin.engine.gpu_check import STEPS, GpuCheckOptions, run_gpu_check
+from fpn_apps.gpu_check import STEPS, GpuCheckOptions, run_gpu_check
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 D = GpuCheckOptions

@@ -13,7 +13,7 @@ from pycocotools import mask as mask_utils
 
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 
-import fpn_plugin.data.shapes_panoptic as panoptic_module
+import fpn_plugin.data.shapes.panoptic as panoptic_module
 from fpn_plugin.config import get_plugin_cfg
 from fpn_plugin.data import (
     SHAPE_CLASSES,

@@ -23,7 +23,7 @@ from detectron2.modeling import build_model
 
 import fpn_plugin  # noqa: F401  (registers the components)
 from fpn_plugin.accel import strategies_of
-from fpn_plugin.benchmark.workload import make_trained_like
+from fpn_plugin.utils.testing import make_trained_like
 from fpn_plugin.engine import FPNTrainer
 from fpn_plugin.export import (
     ExportError,

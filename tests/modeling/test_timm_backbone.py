@@ -22,7 +22,7 @@ from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import build_backbone, build_model
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, build_resnet_backbone
 
-from fpn_plugin.benchmark.workload import make_trained_like
+from fpn_plugin.utils.testing import make_trained_like
 from fpn_plugin.config import get_plugin_cfg
 from fpn_plugin.engine import FPNTrainer
 from fpn_plugin.export import compare_detections, eager_detections, export_tracing, run_traced
