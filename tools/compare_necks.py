@@ -21,7 +21,6 @@ from typing import Dict, List, Optional, Sequence
 
 from fpn_bench.ablation import TrainingBudget
 from fpn_bench.necks import DEFAULT_CONFIG, NECKS, compare_necks, markdown_table, parse_necks
-
 from fpn_plugin.accel.cpu_allocator import add_system_malloc_argument, keep_freed_memory_for_tool
 
 

@@ -41,8 +41,6 @@ from typing import Optional, Sequence
 
 from detectron2.utils.logger import setup_logger
 
-from fpn_plugin.accel.cpu_allocator import add_system_malloc_argument
-from fpn_plugin.engine import prepare_process
 from fpn_apps.demo import (
     DemoError,
     DetectionDemo,
@@ -51,6 +49,8 @@ from fpn_apps.demo import (
     plan_video_output,
     resolve_inputs,
 )
+from fpn_plugin.accel.cpu_allocator import add_system_malloc_argument
+from fpn_plugin.engine import prepare_process
 
 logger = logging.getLogger("fpn_plugin.demo")
 

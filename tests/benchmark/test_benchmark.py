@@ -14,8 +14,6 @@ import sys
 import pytest
 import torch
 
-from fpn_plugin.accel.anchor_cache import AnchorCache
-from fpn_plugin.accel.blocked_layout import BlockedLayoutNeck
 from fpn_bench import models as benchmark_models
 from fpn_bench.bench import Bench
 from fpn_bench.measurements import bottom_up_call, bottom_up_input
@@ -23,6 +21,8 @@ from fpn_bench.models import REFERENCE_FPN, build_cfgs, build_models
 from fpn_bench.options import BenchmarkOptions
 from fpn_bench.report import format_report
 from fpn_bench.run import run_benchmark
+from fpn_plugin.accel.anchor_cache import AnchorCache
+from fpn_plugin.accel.blocked_layout import BlockedLayoutNeck
 from tests.accel.test_cpu_allocator import GLIBC, env_without_allocator_settings
 from tests.conftest import REPO, load_tool
 

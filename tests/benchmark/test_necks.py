@@ -14,7 +14,6 @@ from fpn_plugin.modeling import BiFPN, FPNNeck, PathAggregationNeck
 from tests.conftest import REPO, load_tool
 from tests.engine.test_training import _cleanup_catalog  # noqa: F401  (fixture)
 
-
 tool = load_tool("compare_necks.py")
 
 
@@ -71,4 +70,7 @@ def test_main_measures_trains_and_writes_the_table(tmp_path, capsys):
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         tool.main(["--necks", "nas_fpn", "--output-dir", str(out)])
-    assert e.value.code == 2 and "--necks: unknown or no neck(s) ['nas_fpn']" in capsys.readouterr().err
+    assert (
+        e.value.code == 2
+        and "--necks: unknown or no neck(s) ['nas_fpn']" in capsys.readouterr().err
+    )

@@ -23,7 +23,6 @@ from detectron2.modeling import build_model
 
 import fpn_plugin  # noqa: F401  (registers the components)
 from fpn_plugin.accel import strategies_of
-from fpn_plugin.utils.testing import make_trained_like
 from fpn_plugin.engine import FPNTrainer
 from fpn_plugin.export import (
     ExportError,
@@ -37,6 +36,7 @@ from fpn_plugin.export import (
     run_traced,
 )
 from fpn_plugin.export.to_folder import export_to_folder
+from fpn_plugin.utils.testing import make_trained_like
 from tests.conftest import REPO, load_tool, plugin_cfg
 
 TOOL = os.path.join(REPO, "tools", "export_model.py")

@@ -11,8 +11,8 @@ from PIL import Image
 from detectron2.data.catalog import Metadata
 from detectron2.structures import Boxes, Instances
 
-from fpn_plugin.data import shapes_panoptic_metadata
 from fpn_apps.demo import DetectionDemo, plan_video_output, segments_to_json
+from fpn_plugin.data import shapes_panoptic_metadata
 
 H, W = 48, 64
 

@@ -68,7 +68,5 @@ def measure_one_forward(spec_path: str) -> dict:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit(
-            f"usage: python -m fpn_bench.memory_worker SPEC.json (got {sys.argv[1:]})"
-        )
+        sys.exit(f"usage: python -m fpn_bench.memory_worker SPEC.json (got {sys.argv[1:]})")
     print(json.dumps(measure_one_forward(sys.argv[1])))
