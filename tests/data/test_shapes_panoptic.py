@@ -1,4 +1,4 @@
-"""fpn_shapes_panoptic (fpn_plugin/data/shapes_panoptic.py): the shapes in front of textured stuff,
+"""fpn_shapes_panoptic (fpn_plugin/data/shapes/panoptic.py): the shapes in front of textured stuff,
 with COCO-panoptic annotations that Detectron2's loaders read."""
 
 import hashlib
