@@ -12,7 +12,8 @@ are shared. Per neck:
 - latency of the backbone (bottom-up + neck) and of the detector's inference on that image, run as
   the tools run it (:func:`fpn_plugin.accel.accelerate` with the config's ``MODEL.ACCEL``), median
   of ``reps`` repetitions, the necks timed alternately (:func:`.timing.time_alternately`); the
-  untrained heads made to detect like trained ones (:func:`.workload.make_trained_like`);
+  untrained heads made to detect like trained ones
+  (:func:`fpn_plugin.utils.testing.make_trained_like`);
 - with ``train``: box AP on fpn_shapes' validation split after training each neck with the shared
   budget of :func:`.ablation.base_config` (iterations, batch, LR schedule, seed and data order).
 
