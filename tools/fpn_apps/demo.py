@@ -49,7 +49,8 @@ __all__ = [
     "DetectionDemo",
 ]
 
-logger = logging.getLogger(__name__)
+# The demo tool's logger, under the "fpn_plugin" logger that tools/demo.py sets up.
+logger = logging.getLogger("fpn_plugin.demo")
 
 #: Extensions of the files taken from an input folder.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
