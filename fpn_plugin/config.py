@@ -228,9 +228,9 @@ def add_fpn_plugin_config(cfg: CN) -> CN:
     # as its tools and its scripting recipe expect.
     _set(_C.MODEL.ROI_HEADS, "PRED_LEVELS", False)
 
-    # --- The embedded synthetic dataset (fpn_plugin/data/shapes.py) -------------------------------
+    # --- The embedded synthetic dataset (fpn_plugin/data/shapes/) ---------------------------------
     # "fpn_shapes_train"/"fpn_shapes_val" are generated on first use with these settings, and so
-    # is the panoptic variant "fpn_shapes_panoptic_{train,val}" (fpn_plugin/data/shapes_panoptic.py:
+    # is the panoptic variant "fpn_shapes_panoptic_{train,val}" (fpn_plugin/data/shapes/panoptic.py:
     # registered as Detectron2 registers COCO panoptic, also as "..._separated", "..._stuffonly").
     if "FPN_SHAPES" not in _C.DATASETS:
         _C.DATASETS.FPN_SHAPES = CN()

@@ -20,8 +20,8 @@ from detectron2.modeling import build_model
 
 import fpn_plugin  # noqa: F401  (registers the components)
 from fpn_plugin.accel import accelerate
-from fpn_plugin.benchmark.workload import make_trained_like
 from fpn_plugin.config import detectron2_config_file, get_plugin_cfg
+from fpn_plugin.utils.testing import make_trained_like
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 D2_R50_FPN = "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"

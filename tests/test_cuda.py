@@ -20,10 +20,10 @@ from detectron2.structures import Boxes
 
 from fpn_plugin.accel import AccelOptions, accelerate, strategies_of
 from fpn_plugin.accel.multilevel_pooler import MultiLevelROIAlign
-from fpn_plugin.benchmark.workload import make_trained_like, random_boxes
 from fpn_plugin.engine.trainer import FPNTrainer
 from fpn_plugin.export import compare_detections, eager_detections, export_tracing, run_traced
 from fpn_plugin.export.common import fields
+from fpn_plugin.utils.testing import make_trained_like, random_boxes
 from tests.accel.test_fast_mode import assert_fast_mode_close
 from tests.accel.test_roi_align import fast_pooler
 from tests.conftest import build_parity_pair, plugin_cfg

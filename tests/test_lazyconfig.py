@@ -1,5 +1,5 @@
 """LazyConfig detectors (configs/lazy/), their training (fpn_plugin/engine/lazy_train.py,
-tools/lazyconfig_train_net.py) and the per-component counts (fpn_plugin/benchmark/analysis.py,
+tools/lazyconfig_train_net.py) and the per-component counts (tools/fpn_bench/analysis.py,
 tools/analyze_model.py).
 
 Each lazy detector is the same model as its YAML twin (Faster R-CNN, quickstart) or as Detectron2's
@@ -22,14 +22,14 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes
 from detectron2.utils.analysis import FlopCountAnalysis
 
+from fpn_bench.analysis import build_detector, components, make_inputs
 from fpn_plugin import FPNNeck, LevelMappingROIHeads, LevelMappingROIPooler, SharedAnchorGenerator
 from fpn_plugin.accel import strategies_of
 from fpn_plugin.accel.channels_last import ChannelsLast
-from fpn_plugin.benchmark.analysis import build_detector, components, make_inputs
-from fpn_plugin.benchmark.workload import make_trained_like, random_boxes
 from fpn_plugin.config import detectron2_config_file
 from fpn_plugin.engine import FPNTrainer
 from fpn_plugin.engine.lazy_train import accel_options, build_lazy_model, load_lazy_config
+from fpn_plugin.utils.testing import make_trained_like, random_boxes
 from tests.conftest import REPO, load_tool, plugin_cfg
 
 LAZY = os.path.join(REPO, "configs", "lazy")

@@ -20,7 +20,7 @@ is the base config plus its overrides in configs/ablation/<name>.yaml:
 
 Writes to --output-dir: ablation.md (the table), ablation.json (every figure, the budget and the
 settings), ablation.png (bar chart) and one training folder per variant. The runner is
-fpn_plugin/engine/ablation.py.
+tools/fpn_bench/ablation.py.
 """
 
 import argparse
@@ -30,12 +30,11 @@ from typing import List, Optional
 
 import tool_startup  # noqa: F401  (first: Detectron2 without the TorchScript warning)
 
+from fpn_bench.ablation import VARIANT_DIR, VARIANTS, TrainingBudget, parse_variants, run_ablation
+from fpn_bench.checkout import CONFIGS
 from fpn_plugin.accel.cpu_allocator import add_system_malloc_argument, keep_freed_memory_for_tool
-from fpn_plugin.engine.ablation import VARIANTS, parse_variants, run_ablation
 
-DEFAULT_CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "quickstart.yaml"
-)
+DEFAULT_CONFIG = os.path.join(CONFIGS, "quickstart.yaml")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -77,6 +76,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--output-dir", default="output/ablation", help="where the table, JSON, chart and runs go"
     )
+    p.add_argument(
+        "--variant-dir",
+        default=VARIANT_DIR,
+        help="folder of the variants' overrides, <name>.yaml (default: configs/ablation)",
+    )
     add_system_malloc_argument(p)
     p.add_argument(
         "--opts",
@@ -97,7 +101,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     message = keep_freed_memory_for_tool(args, args.device)
     if message:
         print(message)
-    run_ablation(args)
+    budget = TrainingBudget.from_flags(vars(args))
+    run_ablation(budget, args.variants, args.output_dir, args.variant_dir)
     return 0
 
 

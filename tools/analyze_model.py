@@ -9,7 +9,7 @@
 
 One random image of --size HxW (padded to the backbone's size divisibility), inference mode. The
 components, the counting conventions and how untrained heads are handled are described in
-fpn_plugin/benchmark/analysis.py.
+tools/fpn_bench/analysis.py.
 """
 
 import argparse
@@ -20,7 +20,7 @@ from typing import Tuple
 import tool_startup  # noqa: F401  (first: Detectron2 without the TorchScript warning)
 import torch
 
-from fpn_plugin.benchmark.analysis import analyze, build_detector, format_table, make_inputs
+from fpn_bench.analysis import analyze, build_detector, format_table, make_inputs
 
 
 def parse_size(text: str) -> Tuple[int, int]:

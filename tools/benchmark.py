@@ -19,7 +19,7 @@ reported is the median of ``--reps`` repetitions after ``--warmup`` untimed ones
 
 The plugin's model is run as the tools run it (``fpn_plugin.accel.accelerate`` with its
 ``MODEL.ACCEL``); Detectron2's is plain unless ``--accelerate-reference``. The models, the
-measurements (``--only``) and the report are described in ``fpn_plugin/benchmark/`` (models.py,
+measurements (``--only``) and the report are described in ``tools/fpn_bench/`` (models.py,
 measurements.py, memory.py, report.py). Output: a header (versions, device, threads, inputs,
 allocator, proposal counts, checks) and a Markdown table
 ``| measurement | fpn_plugin | Detectron2 | ratio |`` (ratio = fpn_plugin / reference; < 1 means
@@ -32,10 +32,10 @@ import sys
 
 import tool_startup  # noqa: F401  (first: Detectron2 without the TorchScript warning)
 
-from fpn_plugin.benchmark.models import D2_R50_FPN, DEFAULT_CONFIG
-from fpn_plugin.benchmark.options import MEASUREMENTS, BenchmarkOptions
-from fpn_plugin.benchmark.report import format_report, write_json
-from fpn_plugin.benchmark.run import run_benchmark
+from fpn_bench.models import D2_R50_FPN, DEFAULT_CONFIG
+from fpn_bench.options import MEASUREMENTS, BenchmarkOptions
+from fpn_bench.report import format_report, write_json
+from fpn_bench.run import run_benchmark
 
 D = BenchmarkOptions  # the defaults
 

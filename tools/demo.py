@@ -43,9 +43,7 @@ import tool_startup  # noqa: F401  (first: Detectron2 without the TorchScript wa
 
 from detectron2.utils.logger import setup_logger
 
-from fpn_plugin.accel.cpu_allocator import add_system_malloc_argument
-from fpn_plugin.engine import prepare_process
-from fpn_plugin.engine.demo import (
+from fpn_apps.demo import (
     DemoError,
     DetectionDemo,
     load_demo_config,
@@ -53,6 +51,8 @@ from fpn_plugin.engine.demo import (
     plan_video_output,
     resolve_inputs,
 )
+from fpn_plugin.accel.cpu_allocator import add_system_malloc_argument
+from fpn_plugin.engine import prepare_process
 
 logger = logging.getLogger("fpn_plugin.demo")
 

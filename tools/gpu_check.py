@@ -26,7 +26,7 @@ import sys
 
 import tool_startup  # noqa: F401  (first: Detectron2 without the TorchScript warning)
 
-from fpn_plugin.engine.gpu_check import STEPS, GpuCheckOptions, run_gpu_check
+from fpn_apps.gpu_check import STEPS, GpuCheckOptions, run_gpu_check
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 D = GpuCheckOptions

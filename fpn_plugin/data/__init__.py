@@ -2,16 +2,13 @@
 checking dataset mapper."""
 
 from . import shapes as _shapes
-from . import shapes_panoptic as _shapes_panoptic
 from .coco import register_coco_folder, register_idempotent
 from .mapper import CheckedDatasetMapper
-from .shapes import *  # noqa: F403 (shapes.__all__: fpn_shapes)
-from .shapes_panoptic import *  # noqa: F403 (shapes_panoptic.__all__: its panoptic variant)
+from .shapes import *  # noqa: F403 (shapes.__all__: fpn_shapes and its panoptic variant)
 
 __all__ = [
     "CheckedDatasetMapper",
     "register_coco_folder",
     "register_idempotent",
     *_shapes.__all__,
-    *_shapes_panoptic.__all__,
 ]

@@ -1,9 +1,9 @@
 """Detectron2's ``DefaultPredictor`` with the execution strategies of ``MODEL.ACCEL`` applied."""
 
-from unittest import mock
-
-import detectron2.engine.defaults
+import detectron2.data.transforms as T
+from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultPredictor
+from detectron2.modeling import build_model
 
 from ..accel import accelerate
 from .checkpoint import FPNCheckpointer
@@ -17,10 +17,16 @@ class FPNPredictor(DefaultPredictor):
     ``predictor(bgr_image)`` -> ``{"instances": ...}``."""
 
     def __init__(self, cfg):
-        # Detectron2's __init__ loads MODEL.WEIGHTS with a DetectionCheckpointer: the one that
-        # names a missing, empty or unreadable weights file and the fix is swapped in for that call.
-        with mock.patch.object(
-            detectron2.engine.defaults, "DetectionCheckpointer", FPNCheckpointer
-        ):
-            super().__init__(cfg)
+        # DefaultPredictor.__init__ written out, with the weights loaded by an FPNCheckpointer,
+        # which names a missing, empty or unreadable weights file and the fix.
+        if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT {cfg.INPUT.FORMAT!r}: the predictor takes RGB or BGR.")
+        self.cfg = cfg.clone()  # the model may change its config
+        self.model = build_model(self.cfg).eval()
+        if len(cfg.DATASETS.TEST):
+            self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        FPNCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        size = cfg.INPUT.MIN_SIZE_TEST
+        self.aug = T.ResizeShortestEdge([size, size], cfg.INPUT.MAX_SIZE_TEST)
+        self.input_format = cfg.INPUT.FORMAT
         accelerate(self.model, self.cfg)

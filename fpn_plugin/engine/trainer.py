@@ -1,18 +1,24 @@
 """Detectron2's ``DefaultTrainer`` for the plugin's detectors: COCO evaluation, checked data,
 the execution strategies of ``MODEL.ACCEL``, CPU multi-process."""
 
+import logging
 import os
-from unittest import mock
+import weakref
 
 from tqdm import tqdm
 
-import detectron2.engine.defaults
 from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
     build_detection_train_loader,
 )
-from detectron2.engine import DefaultTrainer, create_ddp_model
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+)
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -116,15 +122,27 @@ class FPNTrainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
-        # Detectron2's __init__ wraps the model with create_ddp_model, which passes the local GPU
-        # as device id, and makes a DetectionCheckpointer: the CPU-capable wrapper and the
-        # checkpointer with atomic saves are swapped in for that call.
-        defaults = detectron2.engine.defaults
-        with (
-            mock.patch.object(defaults, "create_ddp_model", create_ddp_model_any_device),
-            mock.patch.object(defaults, "DetectionCheckpointer", FPNCheckpointer),
-        ):
-            super().__init__(cfg)
+        # DefaultTrainer.__init__ written out, with two changes: the model is wrapped by
+        # create_ddp_model_any_device (Detectron2's create_ddp_model passes the local GPU as device
+        # id) and the checkpointer is an FPNCheckpointer (atomic saves), as neither is a method
+        # to override there.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()  # Detectron2's logger, when the application has not set it up
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        # The order in which Detectron2 builds them.
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model_any_device(model, broadcast_buffers=False)
+        loop = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = loop(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = FPNCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
         # The plugin's own messages (dropped boxes, fallbacks) in the run's log.txt too, beside
         # Detectron2's; still passed on to the root logger, where an application may listen.
         setup_logger(

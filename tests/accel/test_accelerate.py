@@ -16,9 +16,9 @@ from fpn_plugin.accel.anchor_cache import AnchorCache
 from fpn_plugin.accel.blocked_layout import BlockedLayoutNeck
 from fpn_plugin.accel.multilevel_pooler import MultiLevelROIAlign
 from fpn_plugin.accel.parallel_pooler import ParallelROIAlign
-from fpn_plugin.benchmark.workload import make_trained_like
 from fpn_plugin.config import RENAMED_KEYS
 from fpn_plugin.export import export_scripting, run_scripted
+from fpn_plugin.utils.testing import make_trained_like
 from tests.conftest import d2_cfg, plugin_cfg
 
 ALL_ON = AccelOptions(

@@ -16,7 +16,7 @@ from fpn_plugin.accel.blocked_layout import (
     resnet_blocked_forward,
     supports_blocked_layout,
 )
-from fpn_plugin.benchmark.workload import make_trained_like
+from fpn_plugin.utils.testing import make_trained_like
 from tests.conftest import plugin_cfg
 
 BLOCKED = AccelOptions(cpu_blocked_layout=True)

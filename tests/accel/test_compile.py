@@ -12,7 +12,7 @@ from detectron2.modeling import build_model
 from fpn_plugin.accel import accelerate, plain_class, remove_strategies, strategies_of
 from fpn_plugin.accel.compile import CompiledForward, compiles
 from fpn_plugin.accel.in_place_merge import InPlaceTopDown
-from fpn_plugin.benchmark.workload import make_trained_like
+from fpn_plugin.utils.testing import make_trained_like
 from tests.conftest import plugin_cfg
 
 COMPILED = ("backbone", "proposal_generator.rpn_head", "roi_heads.box_head")

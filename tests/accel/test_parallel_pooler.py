@@ -12,7 +12,7 @@ import fpn_plugin.accel.parallel_pooler as parallel_module
 from fpn_plugin import LevelMappingROIPooler
 from fpn_plugin.accel import AccelOptions, accelerate
 from fpn_plugin.accel.parallel_pooler import ParallelROIAlign
-from fpn_plugin.benchmark.workload import random_boxes
+from fpn_plugin.utils.testing import random_boxes
 from tests.modeling.test_pooler import DEGENERATE_BOXES, SCALES, _features, _image_boxes
 
 

@@ -13,7 +13,7 @@ from fpn_plugin import LevelMappingROIPooler
 from fpn_plugin.accel import AccelOptions, accelerate
 from fpn_plugin.accel.multilevel_pooler import MultiLevelROIAlign
 from fpn_plugin.accel.roi_align import multilevel_roi_align
-from fpn_plugin.benchmark.workload import random_boxes
+from fpn_plugin.utils.testing import random_boxes
 from tests.modeling.test_pooler import (
     SCALES,
     _features,

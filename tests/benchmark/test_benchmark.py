@@ -1,4 +1,4 @@
-"""fpn_plugin/benchmark/ and tools/benchmark.py: a tiny run of the tool (small images, one
+"""tools/fpn_bench/ and tools/benchmark.py: a tiny run of the tool (small images, one
 repetition) as a subprocess, the models the package builds, and --accelerate-reference.
 
 They check that the benchmark runs and writes sensible figures; they never assert speed.
@@ -14,15 +14,15 @@ import sys
 import pytest
 import torch
 
+from fpn_bench import models as benchmark_models
+from fpn_bench.bench import Bench
+from fpn_bench.measurements import bottom_up_call, bottom_up_input
+from fpn_bench.models import REFERENCE_FPN, build_cfgs, build_models
+from fpn_bench.options import BenchmarkOptions
+from fpn_bench.report import format_report
+from fpn_bench.run import run_benchmark
 from fpn_plugin.accel.anchor_cache import AnchorCache
 from fpn_plugin.accel.blocked_layout import BlockedLayoutNeck
-from fpn_plugin.benchmark import models as benchmark_models
-from fpn_plugin.benchmark.bench import Bench
-from fpn_plugin.benchmark.measurements import bottom_up_call, bottom_up_input
-from fpn_plugin.benchmark.models import REFERENCE_FPN, build_cfgs, build_models
-from fpn_plugin.benchmark.options import BenchmarkOptions
-from fpn_plugin.benchmark.report import format_report
-from fpn_plugin.benchmark.run import run_benchmark
 from tests.accel.test_cpu_allocator import GLIBC, env_without_allocator_settings
 from tests.conftest import REPO, load_tool
 

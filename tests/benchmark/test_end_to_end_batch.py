@@ -3,10 +3,10 @@
 import math
 import os
 
-from fpn_plugin.benchmark.bench import Bench
-from fpn_plugin.benchmark.measurements import measure_end_to_end_batch
-from fpn_plugin.benchmark.options import MEASUREMENTS, BenchmarkOptions
-from fpn_plugin.benchmark.report import environment, format_report
+from fpn_bench.bench import Bench
+from fpn_bench.measurements import measure_end_to_end_batch
+from fpn_bench.options import MEASUREMENTS, BenchmarkOptions
+from fpn_bench.report import environment, format_report
 from tests.conftest import REPO
 
 QUICKSTART = os.path.join(REPO, "configs", "quickstart.yaml")

@@ -1,4 +1,5 @@
-"""fpn_plugin.benchmark.necks: the four necks on one detector, their costs and the table."""
+"""The neck comparison (tools/fpn_bench/necks.py, tools/compare_necks.py): the four necks on one
+detector, their costs and the table."""
 
 import json
 import os
@@ -7,11 +8,13 @@ import pytest
 
 from detectron2.modeling import build_model
 
-from fpn_plugin.benchmark.necks import NECKS, main, markdown_table, neck_config
+from fpn_bench.necks import NECKS, markdown_table, neck_config
 from fpn_plugin.engine.defaults import load_plugin_config
 from fpn_plugin.modeling import BiFPN, FPNNeck, PathAggregationNeck
-from tests.conftest import REPO
+from tests.conftest import REPO, load_tool
 from tests.engine.test_training import _cleanup_catalog  # noqa: F401  (fixture)
+
+tool = load_tool("compare_necks.py")
 
 
 def test_each_neck_changes_only_the_neck():
@@ -39,11 +42,11 @@ def test_each_neck_changes_only_the_neck():
         neck_config(base, "nas_fpn")
 
 
-def test_main_measures_trains_and_writes_the_table(tmp_path):
+def test_main_measures_trains_and_writes_the_table(tmp_path, capsys):
     out = tmp_path / "out"
     # A tiny shared budget: 2 iterations of 2 images, 2 validation images of 128 px.
     budget = ["--iters", "2", "--batch", "2", "--num-train", "4", "--num-val", "2"]
-    records = main(
+    records = tool.main(
         ["--necks", "fpn,bifpn", "--image-size", "128", "--reps", "1", "--warmup", "0", "--train"]
         + budget
         + ["--output-dir", str(out), "--system-malloc", "--opts", "DATALOADER.NUM_WORKERS", "0"]
@@ -64,5 +67,10 @@ def test_main_measures_trains_and_writes_the_table(tmp_path):
     saved = json.loads((out / "necks.json").read_text())
     assert saved["necks"][1]["neck"] == "bifpn" and saved["settings"]["iters"] == 2
     assert "AP" not in markdown_table([{k: v for k, v in r.items() if k != "ap"} for r in records])
-    with pytest.raises(ValueError, match="--necks"):
-        main(["--necks", "nas_fpn", "--output-dir", str(out)])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        tool.main(["--necks", "nas_fpn", "--output-dir", str(out)])
+    assert (
+        e.value.code == 2
+        and "--necks: unknown or no neck(s) ['nas_fpn']" in capsys.readouterr().err
+    )

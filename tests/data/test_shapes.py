@@ -10,7 +10,8 @@ from pycocotools import mask as mask_utils
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-import fpn_plugin.data.shapes as data_module
+import fpn_plugin.data.shapes.cache as cache_module
+import fpn_plugin.data.shapes.instances as instances_module
 from fpn_plugin.data import (
     SHAPE_CLASSES,
     SHAPE_KEYPOINT_NAMES,
@@ -269,7 +270,7 @@ def test_complete_dataset_is_not_rewritten(tmp_path, monkeypatch):
     def no_generation(*args, **kwargs):
         raise AssertionError("a complete dataset was generated again")
 
-    monkeypatch.setattr(data_module, "_write_split", no_generation)
+    monkeypatch.setattr(instances_module, "_write_split", no_generation)
     assert generate_shapes_dataset(**kwargs) == json_path
     assert _mtimes(json_path) == before
     # No temporary folders are left behind.
@@ -302,7 +303,7 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
     kwargs = dict(
         root=str(tmp_path), split="train", num_images=4, seed=0, image_size=64, progress=False
     )
-    make_image = data_module._make_image
+    make_image = instances_module.make_image
     calls = []
 
     def interrupted(*args, **kw):
@@ -311,11 +312,11 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return make_image(*args, **kw)
 
-    monkeypatch.setattr(data_module, "_make_image", interrupted)
+    monkeypatch.setattr(instances_module, "make_image", interrupted)
     with pytest.raises(KeyboardInterrupt):
         generate_shapes_dataset(**kwargs)
     assert os.listdir(tmp_path) == []  # neither a half-written split nor a temporary folder
-    monkeypatch.setattr(data_module, "_make_image", make_image)
+    monkeypatch.setattr(instances_module, "make_image", make_image)
     assert len(_load(generate_shapes_dataset(**kwargs))["images"]) == 4
 
 
@@ -483,7 +484,7 @@ def test_unwritable_data_folder_names_the_variable(monkeypatch, tmp_path):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(data_module.tempfile, "mkdtemp", refuse)  # root ignores chmod: refuse here
+    monkeypatch.setattr(cache_module.tempfile, "mkdtemp", refuse)  # root ignores chmod: refuse here
     monkeypatch.setenv("FPN_PLUGIN_DATA", str(tmp_path))
     with pytest.raises(PermissionError, match="FPN_PLUGIN_DATA.*writable"):
         generate_shapes_dataset(default_data_root(), "train", 2, 0, image_size=64)

@@ -1,4 +1,4 @@
-"""fpn_shapes_panoptic (fpn_plugin/data/shapes_panoptic.py): the shapes in front of textured stuff,
+"""fpn_shapes_panoptic (fpn_plugin/data/shapes/panoptic.py): the shapes in front of textured stuff,
 with COCO-panoptic annotations that Detectron2's loaders read."""
 
 import hashlib
@@ -13,7 +13,7 @@ from pycocotools import mask as mask_utils
 
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 
-import fpn_plugin.data.shapes_panoptic as panoptic_module
+import fpn_plugin.data.shapes.panoptic as panoptic_module
 from fpn_plugin.config import get_plugin_cfg
 from fpn_plugin.data import (
     SHAPE_CLASSES,

@@ -2,7 +2,7 @@
 detections.
 
 The quickstart-sized detector (configs/quickstart.yaml) with random weights made to detect like a
-trained model (fpn_plugin.workload.make_trained_like: 100 detections per image) is exported, saved,
+trained model (fpn_plugin.utils.testing.make_trained_like: 100 detections per image) is exported, saved,
 loaded back and run on real-sized images, one of them of another size than the traced one; its
 detections must match eager mode's to 1e-3 (boxes in pixels, scores; classes and pyramid levels
 equal). R50-FPN (configs/fpn_r50.yaml) is checked by scripting. tools/export_model.py runs as a
@@ -23,7 +23,6 @@ from detectron2.modeling import build_model
 
 import fpn_plugin  # noqa: F401  (registers the components)
 from fpn_plugin.accel import strategies_of
-from fpn_plugin.benchmark.workload import make_trained_like
 from fpn_plugin.engine import FPNTrainer
 from fpn_plugin.export import (
     ExportError,
@@ -37,6 +36,7 @@ from fpn_plugin.export import (
     run_traced,
 )
 from fpn_plugin.export.to_folder import export_to_folder
+from fpn_plugin.utils.testing import make_trained_like
 from tests.conftest import REPO, load_tool, plugin_cfg
 
 TOOL = os.path.join(REPO, "tools", "export_model.py")

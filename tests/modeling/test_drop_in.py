@@ -24,7 +24,7 @@ from detectron2.structures import Boxes, ImageList, Instances, RotatedBoxes
 from detectron2.utils.testing import assert_instances_allclose
 
 from fpn_plugin import FPNNeck, LevelMappingROIHeads, LevelMappingROIPooler, SharedAnchorGenerator
-from fpn_plugin.benchmark.workload import make_trained_like, random_boxes
+from fpn_plugin.utils.testing import make_trained_like, random_boxes
 from tests.conftest import D2_R50_FPN, d2_cfg, plugin_cfg
 
 #: Detectron2's usual Instances fields for scripting (its tests' list).

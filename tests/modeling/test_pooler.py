@@ -8,7 +8,7 @@ from detectron2.modeling.poolers import assign_boxes_to_levels as d2_assign_boxe
 from detectron2.structures import Boxes
 
 from fpn_plugin import LevelMappingROIPooler, assign_boxes_to_levels
-from fpn_plugin.benchmark.workload import random_boxes
+from fpn_plugin.utils.testing import random_boxes
 
 SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
 #: Empty, inverted, zero-width, outside-the-image boxes (XYXY pixels).

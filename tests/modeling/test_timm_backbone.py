@@ -22,12 +22,12 @@ from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import build_backbone, build_model
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, build_resnet_backbone
 
-from fpn_plugin.benchmark.workload import make_trained_like
 from fpn_plugin.config import get_plugin_cfg
 from fpn_plugin.engine import FPNTrainer
 from fpn_plugin.export import compare_detections, eager_detections, export_tracing, run_traced
 from fpn_plugin.modeling import timm_backbone
 from fpn_plugin.modeling.timm_backbone import TimmBottomUp, freeze_batchnorm
+from fpn_plugin.utils.testing import make_trained_like
 from tests.conftest import REPO
 from tests.engine.test_training import _cleanup_catalog, data_root, tiny_cfg  # noqa: F401
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fpn_plugin.engine.gpu_check import STEPS
+from fpn_apps.gpu_check import STEPS
 from tests.conftest import REPO, load_tool
 from tests.engine.test_training import TINY
 

@@ -1,4 +1,4 @@
-"""Loaders and evaluator for fpn_shapes, the embedded synthetic dataset (fpn_plugin/data/shapes.py),
+"""Loaders and evaluator for fpn_shapes, the embedded synthetic dataset (fpn_plugin/data/shapes/),
 as in configs/quickstart.yaml: 512 px images, horizontal flips for training, COCO evaluation.
 
 ``datasets`` registers ``fpn_shapes_train``/``fpn_shapes_val`` (generated on first use under

@@ -21,11 +21,12 @@ from detectron2.modeling import BACKBONE_REGISTRY, build_model
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 
 import fpn_plugin  # noqa: F401  (registers the plugin's components)
+from fpn_plugin.accel import accelerate
+from fpn_plugin.config import detectron2_config_file, get_plugin_cfg
+from fpn_plugin.utils.testing import make_trained_like
 
-from ..accel import accelerate
-from ..config import detectron2_config_file, get_plugin_cfg
+from .checkout import REPO
 from .options import BenchmarkOptions
-from .workload import make_trained_like
 
 __all__ = [
     "D2_R50_FPN",
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 D2_R50_FPN = "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"
-#: The plugin's config benchmarked by default, relative to the checkout holding the package.
+#: The plugin's config benchmarked by default, relative to the checkout holding these tools.
 DEFAULT_CONFIG = "configs/fpn_r50.yaml"
 #: Component names: plugin -> Detectron2 (the reference: the plugin config with these swapped back).
 SWAP_BACK = {
@@ -85,13 +86,12 @@ if REFERENCE_FPN not in BACKBONE_REGISTRY:  # a reloaded module must not registe
 
 
 def default_config_path() -> str:
-    """``configs/fpn_r50.yaml`` of the checkout that holds this package."""
-    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    path = os.path.join(checkout, DEFAULT_CONFIG)
+    """``configs/fpn_r50.yaml`` of the checkout that holds these tools."""
+    path = os.path.join(REPO, DEFAULT_CONFIG)
     if not os.path.isfile(path):
         raise ValueError(
-            f"the default plugin config {DEFAULT_CONFIG} is not beside this fpn_plugin "
-            f"({checkout}); pass --config-file with a plugin YAML config."
+            f"the default plugin config {DEFAULT_CONFIG} is not in this checkout "
+            f"({REPO}); pass --config-file with a plugin YAML config."
         )
     return path
 

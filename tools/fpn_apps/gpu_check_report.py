@@ -7,7 +7,7 @@ from typing import Dict, List
 
 from tabulate import tabulate
 
-from ..benchmark.report import write_json
+from fpn_bench.report import write_json
 
 __all__ = ["format_summary", "write_summary"]
 

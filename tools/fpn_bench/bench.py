@@ -6,10 +6,11 @@ import torch
 
 from detectron2.structures import Boxes, Instances
 
+from fpn_plugin.utils.testing import random_boxes
+
 from .inputs import image_paths, load_inputs, model_inputs
 from .models import build_cfgs, build_models
 from .options import BenchmarkOptions
-from .workload import random_boxes
 
 __all__ = ["Bench"]
 

@@ -1,4 +1,4 @@
-"""fpn_plugin.engine.demo: inputs, output planning, JSON records and running, with a stub predictor
+"""fpn_apps.demo: inputs, output planning, JSON records and running, with a stub predictor
 (tools/demo.py runs it end to end with a real detector in tests/tools/test_demo.py)."""
 
 import json
@@ -14,7 +14,7 @@ from detectron2.data.catalog import Metadata
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.video_visualizer import VideoVisualizer
 
-from fpn_plugin.engine.demo import (
+from fpn_apps.demo import (
     DemoError,
     DetectionDemo,
     instances_to_json,

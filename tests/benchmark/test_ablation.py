@@ -1,4 +1,4 @@
-"""The ablation (fpn_plugin/engine/ablation.py, configs/ablation/, tools/ablation.py): the paper's
+"""The ablation (tools/fpn_bench/ablation.py, configs/ablation/, tools/ablation.py): the paper's
 variants build the models they claim, and a tiny run writes the table, JSON and chart."""
 
 import json
@@ -11,8 +11,8 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes
 
-from fpn_plugin.engine import ablation
-from fpn_plugin.engine.ablation_report import TABLE_AP, TABLE_AR, markdown_table
+from fpn_bench import ablation
+from fpn_bench.ablation_report import TABLE_AP, TABLE_AR, markdown_table
 from tests.conftest import load_tool
 from tests.engine.test_training import _cleanup_catalog  # noqa: F401  (autouse: unregisters the tiny datasets afterwards)
 
@@ -24,6 +24,11 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     return str(tmp_path_factory.mktemp("ablation_data"))
+
+
+def _budget(data_root, output_dir, *flags):
+    """The shared budget of tools/ablation.py's command line with a tiny budget and ``flags``."""
+    return ablation.TrainingBudget.from_flags(vars(_args(data_root, output_dir, *flags)))
 
 
 def _args(data_root, output_dir, *flags):
@@ -76,11 +81,11 @@ def test_cuda_without_gpu_is_a_clear_error(data_root, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: --device cuda is valid here")
     with pytest.raises(ValueError, match="--device cuda.*--device cpu"):
-        ablation.base_config(_args(data_root, tmp_path, "--device", "cuda"))
+        ablation.base_config(_budget(data_root, tmp_path, "--device", "cuda"))
 
 
 def test_variants_build_the_models_they_claim(data_root, tmp_path):
-    base = ablation.base_config(_args(data_root, tmp_path))
+    base = ablation.base_config(_budget(data_root, tmp_path))
     torch.manual_seed(0)
     cfgs = {name: ablation.variant_config(base, name, str(tmp_path)) for name in ablation.VARIANTS}
     models = {name: build_model(cfg).eval() for name, cfg in cfgs.items()}
@@ -168,7 +173,7 @@ def test_variants_build_the_models_they_claim(data_root, tmp_path):
 def test_each_variant_is_one_file_of_overrides(data_root, tmp_path):
     files = sorted(os.listdir(ablation.VARIANT_DIR))
     assert files == sorted(f"{name}.yaml" for name in ablation.VARIANTS)
-    base = ablation.base_config(_args(data_root, tmp_path))
+    base = ablation.base_config(_budget(data_root, tmp_path))
     for name, (row, _) in ablation.VARIANTS.items():
         with open(ablation.variant_file(name)) as f:
             text = f.read()
@@ -199,7 +204,7 @@ def _flat(cfg, prefix=""):
 
 
 def test_missing_variant_file_is_a_clear_error(data_root, tmp_path):
-    base = ablation.base_config(_args(data_root, tmp_path))
+    base = ablation.base_config(_budget(data_root, tmp_path))
     with pytest.raises(
         FileNotFoundError, match=r"variant 'c4'.*nowhere.c4\.yaml.*configs/ablation"
     ):
@@ -224,9 +229,8 @@ def test_markdown_table_keeps_one_decimal_and_nan():
 
 
 def test_tiny_run_writes_table_json_and_chart(data_root, tmp_path):
-    result = ablation.run_ablation(
-        _args(data_root, tmp_path, "--variants", "fpn,c5"), log=lambda *a: None
-    )
+    budget = _budget(data_root, tmp_path)
+    result = ablation.run_ablation(budget, "fpn,c5", str(tmp_path), log=lambda *a: None)
 
     with open(tmp_path / "ablation.json") as f:
         saved = json.load(f)
@@ -287,7 +291,7 @@ def test_cpu_runs_keep_freed_memory_unless_system_malloc(monkeypatch):
         "keep_freed_cpu_memory",
         lambda: calls.append("kept") or "memory allocator: kept",
     )
-    monkeypatch.setattr(tool, "run_ablation", lambda args: calls.append(args.device))
+    monkeypatch.setattr(tool, "run_ablation", lambda budget, *args: calls.append(budget.device))
     assert tool.main(["--variants", "fpn"]) == 0
     assert tool.main(["--variants", "fpn", "--system-malloc"]) == 0
     assert tool.main(["--variants", "fpn", "--device", "cuda"]) == 0

@@ -1,7 +1,7 @@
 """The CPU memory measurement's subprocess (:mod:`.memory`): one model, one warm-up forward, then
-the peak RSS increase of one forward.
+the peak RSS increase of one forward. Run from tools/:
 
-    python -m fpn_plugin.benchmark.memory_worker SPEC.json
+    python -m fpn_bench.memory_worker SPEC.json
 
 ``SPEC.json`` holds ``{"which": "ours" | "detectron2", "state_dict": path, "options": the run's
 BenchmarkOptions as a dict}``. Prints one JSON line ``{"peak_increase_bytes",
@@ -68,7 +68,5 @@ def measure_one_forward(spec_path: str) -> dict:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit(
-            f"usage: python -m fpn_plugin.benchmark.memory_worker SPEC.json (got {sys.argv[1:]})"
-        )
+        sys.exit(f"usage: python -m fpn_bench.memory_worker SPEC.json (got {sys.argv[1:]})")
     print(json.dumps(measure_one_forward(sys.argv[1])))

@@ -8,24 +8,21 @@ are shared. Per neck:
 
 - parameters and GFLOPs of the neck (the backbone minus its bottom-up network) and of the whole
   detector, counted by fvcore on the plain model for one ``image_size`` x ``image_size`` image
-  (:func:`fpn_plugin.benchmark.analysis.analyze`);
+  (:func:`.analysis.analyze`);
 - latency of the backbone (bottom-up + neck) and of the detector's inference on that image, run as
   the tools run it (:func:`fpn_plugin.accel.accelerate` with the config's ``MODEL.ACCEL``), median
   of ``reps`` repetitions, the necks timed alternately (:func:`.timing.time_alternately`); the
-  untrained heads made to detect like trained ones (:func:`.workload.make_trained_like`);
+  untrained heads made to detect like trained ones
+  (:func:`fpn_plugin.utils.testing.make_trained_like`);
 - with ``train``: box AP on fpn_shapes' validation split after training each neck with the shared
-  budget of :func:`fpn_plugin.engine.ablation.base_config` (iterations, batch, LR schedule, seed
-  and data order).
+  budget of :func:`.ablation.base_config` (iterations, batch, LR schedule, seed and data order).
 
-    python -m fpn_plugin.benchmark.necks --image-size 256      # params, FLOPs, latency
-    python -m fpn_plugin.benchmark.necks --train               # + AP (trains the 4 detectors)
+The command line is ``tools/compare_necks.py``.
 """
 
-import argparse
 import copy
-import json
 import os
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import torch
 from tabulate import tabulate
@@ -34,24 +31,25 @@ from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 from detectron2.utils.env import seed_all_rng
 
-from ..accel import accelerate
-from ..accel.cpu_allocator import add_system_malloc_argument, keep_freed_memory_for_tool
-from ..data import register_shapes_datasets_from_config
-from ..engine.ablation import AP_KEYS, base_config
-from ..engine.trainer import FPNTrainer
+from fpn_plugin.accel import accelerate
+from fpn_plugin.data import register_shapes_datasets_from_config
+from fpn_plugin.engine.trainer import FPNTrainer
+from fpn_plugin.utils.testing import make_trained_like
+
+from .ablation import AP_KEYS, TrainingBudget, base_config
 from .analysis import analyze, make_inputs
+from .checkout import CONFIGS
 from .timing import time_alternately
-from .workload import make_trained_like
 
 __all__ = [
     "NECKS",
     "DEFAULT_CONFIG",
+    "parse_necks",
     "neck_config",
     "measure_costs",
     "train_and_evaluate",
     "compare_necks",
     "markdown_table",
-    "main",
 ]
 
 #: name -> (label, config overrides). The overrides change the neck only.
@@ -67,15 +65,13 @@ NECKS: Dict[str, tuple] = {
     ),
     "bifpn": ("BiFPN, full", ["MODEL.BACKBONE.NAME", "build_bifpn_backbone"]),
 }
-#: The shared detector, in a source checkout.
-DEFAULT_CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
-    "configs",
-    "quickstart_retinanet.yaml",
-)
+#: The shared detector of this checkout.
+DEFAULT_CONFIG = os.path.join(CONFIGS, "quickstart_retinanet.yaml")
 
 
-def _parse_necks(names: str) -> List[str]:
+def parse_necks(names: str) -> List[str]:
+    """``"fpn,bifpn"`` -> ``["fpn", "bifpn"]`` in :data:`NECKS`' order; "all": all. ``ValueError``
+    naming unknown necks and the valid names."""
     wanted = [n.strip() for n in names.split(",") if n.strip()]
     if wanted == ["all"]:
         return list(NECKS)
@@ -152,18 +148,28 @@ def train_and_evaluate(cfg: CfgNode) -> Dict[str, float]:
     return {k: float(results["bbox"][k]) for k in AP_KEYS}
 
 
-def compare_necks(args, log: Callable[[str], None] = print) -> List[Dict]:
-    """The comparison of :func:`main`'s flags ``args``: one record per neck (its name, label, the
-    figures of :func:`measure_costs` and, with ``args.train``, ``ap`` of
-    :func:`train_and_evaluate`)."""
-    names = _parse_necks(args.necks)
-    base = base_config(args)
-    cfgs = {name: neck_config(base, name, args.output_dir) for name in names}
-    image_size = args.image_size or base.DATASETS.FPN_SHAPES.IMAGE_SIZE
+def compare_necks(
+    budget: TrainingBudget,
+    necks: str = "all",
+    output_dir: str = "output/necks",
+    reps: int = 10,
+    warmup: int = 2,
+    train: bool = False,
+    log: Callable[[str], None] = print,
+) -> List[Dict]:
+    """The comparison of ``necks`` (as :func:`parse_necks` takes them) on the shared ``budget``,
+    measured at ``budget.image_size`` (else the config's fpn_shapes size) with ``reps`` timed and
+    ``warmup`` untimed runs: one record per neck (its name, label, the figures of
+    :func:`measure_costs` and, with ``train``, ``ap`` of :func:`train_and_evaluate`, each neck's
+    training run in ``output_dir/<neck>``)."""
+    names = parse_necks(necks)
+    base = base_config(budget)
+    cfgs = {name: neck_config(base, name, output_dir) for name in names}
+    image_size = budget.image_size or base.DATASETS.FPN_SHAPES.IMAGE_SIZE
     log(f"Measuring {names} at {image_size} x {image_size} px on {base.MODEL.DEVICE}")
-    costs = measure_costs(cfgs, image_size, args.reps, args.warmup)
+    costs = measure_costs(cfgs, image_size, reps, warmup)
     records = [{"neck": n, "label": NECKS[n][0], **costs[n]} for n in names]
-    if args.train:
+    if train:
         register_shapes_datasets_from_config(base)
         for record in records:
             log(f"Training {record['neck']} for {base.SOLVER.MAX_ITER} iterations")
@@ -191,58 +197,3 @@ def markdown_table(records: Sequence[Dict]) -> str:
         row += [r["ap"]["AP"], r["ap"]["AP50"], r["ap"]["APs"]] if trained else []
         rows.append(row)
     return tabulate(rows, headers=headers, tablefmt="github", floatfmt=".3g")
-
-
-def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
-    p = argparse.ArgumentParser(
-        prog="python -m fpn_plugin.benchmark.necks", description=__doc__.split("\n\n")[0]
-    )
-    p.add_argument(
-        "--config-file",
-        default=DEFAULT_CONFIG,
-        help="the shared detector (default: configs/quickstart_retinanet.yaml)",
-    )
-    p.add_argument("--necks", default="all", help=f"comma-separated, from {list(NECKS)}, or 'all'")
-    p.add_argument(
-        "--image-size",
-        type=int,
-        help="input and fpn_shapes image size, pixels (default: the config's)",
-    )
-    p.add_argument("--reps", type=int, default=10, help="timed repetitions per neck")
-    p.add_argument("--warmup", type=int, default=2, help="untimed repetitions per neck")
-    p.add_argument("--train", action="store_true", help="also train and evaluate each neck (AP)")
-    p.add_argument(
-        "--iters", type=int, help="training iterations (default: the config's; LR schedule scaled)"
-    )
-    p.add_argument("--batch", type=int, help="images per batch (default: the config's)")
-    p.add_argument(
-        "--num-train", type=int, help="fpn_shapes training images (default: the config's)"
-    )
-    p.add_argument(
-        "--num-val", type=int, help="fpn_shapes validation images (default: the config's)"
-    )
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument(
-        "--output-dir", default="output/necks", help="training runs, necks.md and necks.json"
-    )
-    add_system_malloc_argument(p)
-    p.add_argument(
-        "--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides, shared"
-    )
-    args = p.parse_args(argv)
-    message = keep_freed_memory_for_tool(args, args.device)
-    if message:
-        print(message)
-    records = compare_necks(args)
-    table = markdown_table(records)
-    print(table)
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "necks.md"), "w") as f:
-        f.write(table + "\n")
-    with open(os.path.join(args.output_dir, "necks.json"), "w") as f:
-        json.dump({"settings": vars(args), "necks": records}, f, indent=2)
-    return records
-
-
-if __name__ == "__main__":
-    main()

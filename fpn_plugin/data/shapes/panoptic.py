@@ -34,8 +34,9 @@ Detectron2's mask targets rasterise it; an object whose rasterised polygon is em
 default sizes) is left out of every annotation.
 
 Generation is deterministic, atomic and cached as for ``fpn_shapes`` (the parameters, with
-:data:`_PANOPTIC_VERSION`, are recorded in ``annotations.json``'s ``info``); the datasets are
-registered as Detectron2 registers COCO panoptic (:func:`register_shapes_panoptic_datasets`).
+the panoptic format's version, are recorded in ``annotations.json``'s ``info``); the datasets are
+registered as Detectron2 registers COCO panoptic
+(:func:`~fpn_plugin.data.register_shapes_panoptic_datasets`).
 """
 
 import math
@@ -47,48 +48,35 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_panoptic, register_coco_panoptic_separated
-
-from .shapes import (
-    _ANNOTATIONS,
-    _GENERATORS,
-    _IMAGES,
-    SHAPE_CLASSES,
-    _background,
-    _checked_split_args,
-    _generate_split,
-    _image_rng,
-    _make_image,
-    _random_color,
-    _save_image,
-    _shape_categories,
-    _split_params,
-    _split_specs,
-    _write_coco_json,
+from .cache import (
+    ANNOTATIONS_FILE,
+    IMAGES_FOLDER,
+    checked_split_args,
+    generate_split,
+    image_rng,
+    save_image,
+    split_params,
+    write_coco_json,
 )
+from .drawing import SHAPE_CLASSES, make_image, random_color, smooth_background
+from .instances import instance_annotation, shape_categories
 
 __all__ = [
     "STUFF_CLASSES",
-    "SHAPES_PANOPTIC_TRAIN",
-    "SHAPES_PANOPTIC_VAL",
+    "GENERATOR",
     "generate_shapes_panoptic_dataset",
-    "register_shapes_panoptic_datasets",
+    "split_paths",
     "shapes_panoptic_metadata",
 ]
 
 #: Background ("stuff") classes; COCO category ids 5, 6, 7 in this order (things: 1-4).
 STUFF_CLASSES: Tuple[str, ...] = ("smooth", "stripes", "checks")
-#: Base names of the two splits. Each is registered three times, as Detectron2 registers COCO
-#: panoptic: the name itself (standard panoptic), ``<name>_separated`` (instances + semantic
-#: labels: Panoptic FPN) and ``<name>_stuffonly`` (semantic labels only).
-SHAPES_PANOPTIC_TRAIN = "fpn_shapes_panoptic_train"
-SHAPES_PANOPTIC_VAL = "fpn_shapes_panoptic_val"
+#: The generator's name recorded in its annotations' ``info``.
+GENERATOR = "fpn_plugin.data.generate_shapes_panoptic_dataset"
 
 # Bump when this module's output changes for the same parameters (the shapes' own
-# _GENERATOR_VERSION is recorded too): cached datasets get rebuilt.
+# GENERATOR_VERSION is recorded too): cached datasets get rebuilt.
 _PANOPTIC_VERSION = 1
-_GENERATOR = _GENERATORS[1]
 _PANOPTIC_JSON = "panoptic.json"
 _PANOPTIC = "panoptic"
 _SEM_SEG = "sem_seg"
@@ -130,8 +118,8 @@ def _two_tones(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
     """Two weakly saturated RGB colours (3,) in [0, 255] whose values differ by 0.3 to 0.45."""
     dark = rng.uniform(0.15, 0.5)
     light = dark + rng.uniform(0.3, 0.45)
-    first = _random_color(rng, _STUFF_SATURATION, (dark, dark))
-    second = _random_color(rng, _STUFF_SATURATION, (light, light))
+    first = random_color(rng, _STUFF_SATURATION, (dark, dark))
+    second = random_color(rng, _STUFF_SATURATION, (light, light))
     return first, second
 
 
@@ -141,7 +129,7 @@ def _paint_stuff(
     """Cover the pixels ``inside`` ((H, W) bool) of ``image`` ((H, W, 3) float32, in place) with
     the texture of stuff class ``stuff_id`` (index into STUFF_CLASSES)."""
     if STUFF_CLASSES[stuff_id] == "smooth":
-        image[inside] = _background(rng, image.shape[0])[inside]
+        image[inside] = smooth_background(rng, image.shape[0])[inside]
         return
     first, second = _two_tones(rng)
     ys, xs = np.nonzero(inside)  # the texture is sampled at the pixel centres
@@ -188,10 +176,10 @@ def _id_to_rgb(ids: np.ndarray) -> np.ndarray:
 def _make_panoptic_image(
     rng: np.random.Generator, image_size: int, min_size: float, max_size: float
 ) -> Tuple[np.ndarray, List[Dict[str, Any]], np.ndarray, np.ndarray, List[Dict[str, Any]]]:
-    """One image: ((H, W, 3) uint8 RGB, the kept objects of :func:`_make_image`, (H, W) int64
+    """One image: ((H, W, 3) uint8 RGB, the kept objects of :func:`make_image`, (H, W) int64
     panoptic segment ids, (H, W) uint8 semantic labels, segments_info without bbox and area)."""
     background, stuff = _stuff_background(rng, image_size)
-    pixels, objects = _make_image(rng, image_size, min_size, max_size, background=background)
+    pixels, objects = make_image(rng, image_size, min_size, max_size, background=background)
     ids = np.zeros((image_size, image_size), dtype=np.int64)
     semantic = (stuff + 1).astype(np.uint8)
     kept, segments = [], []
@@ -239,21 +227,23 @@ def _write_panoptic_split(out_dir: str, params: Dict[str, Any], progress: bool) 
     """Generate all files of a panoptic split into ``out_dir``; ``annotations.json`` last."""
     split, num_images = params["split"], params["num_images"]
     image_size, min_size, max_size = params["image_size"], params["min_size"], params["max_size"]
-    for folder in (_IMAGES, _PANOPTIC, _SEM_SEG):
+    for folder in (IMAGES_FOLDER, _PANOPTIC, _SEM_SEG):
         os.makedirs(os.path.join(out_dir, folder))
     info = {
         "description": "fpn_shapes_panoptic: synthetic shapes on textured background (fpn_plugin)",
-        "generator": _GENERATOR,
+        "generator": GENERATOR,
         "params": params,
     }
     images, annotations, panoptic = [], [], []
     desc = f"fpn_shapes_panoptic '{split}'"
     for index in tqdm(range(num_images), desc=desc, unit="img", disable=not progress):
-        rng = _image_rng(params, index)
+        rng = image_rng(params, index)
         pixels, objects, ids, semantic, segments = _make_panoptic_image(
             rng, image_size, min_size, max_size
         )
-        image_id = _save_image(out_dir, index, pixels, objects, images, annotations)
+        image_id = save_image(out_dir, index, pixels, images)
+        for obj in objects:
+            annotations.append(instance_annotation(obj, len(annotations) + 1, image_id))
         stem = f"{index:06d}"
         Image.fromarray(_id_to_rgb(ids)).save(os.path.join(out_dir, _PANOPTIC, stem + _PNG))
         Image.fromarray(semantic, mode="L").save(os.path.join(out_dir, _SEM_SEG, stem + _PNG))
@@ -262,24 +252,25 @@ def _write_panoptic_split(out_dir: str, params: Dict[str, Any], progress: bool) 
             segment.update(iscrowd=0, bbox=_mask_box(mask), area=int(mask.sum()))
         panoptic.append({"image_id": image_id, "file_name": stem + _PNG, "segments_info": segments})
     categories = _panoptic_categories()
-    _write_coco_json(os.path.join(out_dir, _PANOPTIC_JSON), info, images, panoptic, categories)
-    categories = _shape_categories()
-    _write_coco_json(os.path.join(out_dir, _ANNOTATIONS), info, images, annotations, categories)
+    write_coco_json(os.path.join(out_dir, _PANOPTIC_JSON), info, images, panoptic, categories)
+    categories = shape_categories()
+    write_coco_json(os.path.join(out_dir, ANNOTATIONS_FILE), info, images, annotations, categories)
 
 
 def _panoptic_params(
     split: str, num_images: int, seed: int, image_size: int, min_size: float, max_size: float
 ) -> Dict[str, Any]:
-    params = _split_params(split, num_images, seed, image_size, min_size, max_size)
+    params = split_params(split, num_images, seed, image_size, min_size, max_size)
     params["panoptic_version"] = _PANOPTIC_VERSION
     params["stuff_classes"] = list(STUFF_CLASSES)
     return params
 
 
-def _split_paths(split_dir: str) -> Dict[str, str]:
+def split_paths(split_dir: str) -> Dict[str, str]:
+    """The paths of a split folder that Detectron2's COCO-panoptic registration takes."""
     return {
-        "image_root": os.path.join(split_dir, _IMAGES),
-        "instances_json": os.path.join(split_dir, _ANNOTATIONS),
+        "image_root": os.path.join(split_dir, IMAGES_FOLDER),
+        "instances_json": os.path.join(split_dir, ANNOTATIONS_FILE),
         "panoptic_json": os.path.join(split_dir, _PANOPTIC_JSON),
         "panoptic_root": os.path.join(split_dir, _PANOPTIC),
         "sem_seg_root": os.path.join(split_dir, _SEM_SEG),
@@ -317,15 +308,10 @@ def generate_shapes_panoptic_dataset(
     those of :func:`~fpn_plugin.data.generate_shapes_dataset`.
     """
     max_size = int(image_size) / 2 if max_size is None else max_size
-    root = _checked_split_args(root, split, num_images, seed, image_size, min_size, max_size)
+    root = checked_split_args(root, split, num_images, seed, image_size, min_size, max_size)
     params = _panoptic_params(split, num_images, seed, image_size, min_size, max_size)
-    _generate_split(root, params, _write_panoptic_split, progress, companions=_COMPANIONS)
-    return _split_paths(os.path.join(root, split))
-
-
-# ------------------------------------------------------------------------------------------------
-# Registration in Detectron2's catalogs
-# ------------------------------------------------------------------------------------------------
+    generate_split(root, params, _write_panoptic_split, progress, companions=_COMPANIONS)
+    return split_paths(os.path.join(root, split))
 
 
 def shapes_panoptic_metadata(separated: bool) -> Dict[str, Any]:
@@ -362,88 +348,3 @@ def shapes_panoptic_metadata(separated: bool) -> Dict[str, Any]:
             k: len(thing_ids) + i for i, k in enumerate(stuff_ids)
         },
     }
-
-
-class _GenerateThenLoad:
-    """A registered dataset loader that generates its split (if needed) before Detectron2's own
-    loader (the one ``register_coco_panoptic*`` registered) reads it."""
-
-    def __init__(self, spec: Dict[str, Any], load):
-        self.spec, self.load = spec, load
-
-    def __call__(self) -> List[dict]:
-        generate_shapes_panoptic_dataset(**self.spec, progress=True)
-        return self.load()
-
-
-def _registered_names(name: str) -> Tuple[str, str, str]:
-    return name, name + "_separated", name + "_stuffonly"
-
-
-def _register_split(name: str, spec: Dict[str, Any]) -> None:
-    """Register the three views of one split (see :data:`SHAPES_PANOPTIC_TRAIN`), replacing an
-    earlier registration with other settings; a no-op if registered with these."""
-    names = _registered_names(name)
-    if all(
-        n in DatasetCatalog.list() and MetadataCatalog.get(n).get("fpn_shapes", None) == spec
-        for n in names
-    ):
-        return
-    for n in names:
-        if n in DatasetCatalog.list():
-            DatasetCatalog.remove(n)
-        if n in MetadataCatalog.list():
-            MetadataCatalog.remove(n)
-    split_dir = os.path.join(spec["root"], spec["split"])
-    paths = _split_paths(split_dir)
-    register_coco_panoptic_separated(
-        name,
-        dict(shapes_panoptic_metadata(separated=True), fpn_shapes=dict(spec)),
-        paths["image_root"],
-        paths["panoptic_root"],
-        paths["panoptic_json"],
-        paths["sem_seg_root"],
-        paths["instances_json"],
-    )
-    register_coco_panoptic(
-        name,
-        dict(shapes_panoptic_metadata(separated=False), fpn_shapes=dict(spec)),
-        paths["image_root"],
-        paths["panoptic_root"],
-        paths["panoptic_json"],
-        paths["instances_json"],
-    )
-    for n in names:
-        load = DatasetCatalog[n]
-        DatasetCatalog.remove(n)
-        DatasetCatalog.register(n, _GenerateThenLoad(spec, load))
-
-
-def register_shapes_panoptic_datasets(
-    root: Optional[str] = None,
-    num_train: int = 1000,
-    num_val: int = 100,
-    seed: int = 0,
-    image_size: int = 512,
-) -> None:
-    """Register ``fpn_shapes_panoptic_{train,val}`` in Detectron2's catalogs, each as Detectron2
-    registers ``coco_2017_{train,val}_panoptic``: the name itself (``register_coco_panoptic``:
-    standard panoptic dicts), ``<name>_separated`` (``register_coco_panoptic_separated``:
-    instances + semantic labels, what Panoptic FPN trains on and is evaluated on) and
-    ``<name>_stuffonly`` (semantic labels only).
-
-    Nothing is generated here: a split is generated (:func:`generate_shapes_panoptic_dataset`)
-    the first time ``DatasetCatalog.get`` is called for one of its names, then read by
-    Detectron2's loader. The splits live in
-    ``<root>/fpn_shapes_panoptic_<image_size>px_seed<seed>_train<num_train>_val<num_val>/``
-    ``{train,val}``; validation uses ``seed + 1``. The metadata is
-    :func:`shapes_panoptic_metadata`'s, with Detectron2's paths, ``evaluator_type``
-    ("coco_panoptic_seg", "sem_seg" for ``_stuffonly``) and ``ignore_label`` 255.
-
-    Calling it again with the same arguments does nothing; with other arguments, the new
-    registration replaces the previous one. The arguments are those of
-    :func:`~fpn_plugin.data.register_shapes_datasets`.
-    """
-    specs = _split_specs("fpn_shapes_panoptic", root, num_train, num_val, seed, image_size)
-    for name, spec in zip((SHAPES_PANOPTIC_TRAIN, SHAPES_PANOPTIC_VAL), specs):
-        _register_split(name, spec)

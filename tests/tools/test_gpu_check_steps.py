@@ -1,4 +1,4 @@
-"""fpn_plugin/engine/gpu_check.py: a crashing tool is diagnosed, the time limit holds, the
+"""tools/fpn_apps/gpu_check.py: a crashing tool is diagnosed, the time limit holds, the
 options are checked and the tools' outputs read (the whole check runs in tests/tools/)."""
 
 import json
@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import torch
 
-from fpn_plugin.engine.gpu_check import (
+from fpn_apps.gpu_check import (
     CRASH_VARIANTS,
     STEPS,
     GpuCheck,

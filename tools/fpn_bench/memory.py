@@ -27,7 +27,7 @@ from .timing import entry
 __all__ = ["MIB", "WORKER_MODULE", "measure_memory"]
 
 MIB = 1024.0 * 1024.0
-WORKER_MODULE = "fpn_plugin.benchmark.memory_worker"
+WORKER_MODULE = "fpn_bench.memory_worker"
 #: Bytes; allocations above it are mmap-ed, and so returned to the OS when freed.
 MMAP_THRESHOLD = 131072
 
@@ -35,13 +35,16 @@ MMAP_THRESHOLD = 131072
 def _run_workers(b: Bench, reps: int) -> Dict[str, List[Dict]]:
     """Runs the memory worker alternately for both models, ``reps`` times each; its JSON results."""
     results = {w: [] for w in b.models}
-    # ``python -m`` from the folder holding the fpn_plugin this process imported: the worker
-    # imports the same package, installed or not.
+    # ``python -m`` from the folder holding fpn_bench, with the folder holding the fpn_plugin this
+    # process imported first on the worker's path: it imports the same package, installed or not.
+    tools = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fpn_plugin.__file__)))
+    python_path = [package_parent] + [p for p in [os.environ.get("PYTHONPATH")] if p]
     env = dict(
         os.environ,
         MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD),
         OMP_NUM_THREADS=str(b.options.threads),
+        PYTHONPATH=os.pathsep.join(python_path),
     )
     with tempfile.TemporaryDirectory() as tmp:
         state = os.path.join(tmp, "weights.pth")
@@ -58,7 +61,7 @@ def _run_workers(b: Bench, reps: int) -> Dict[str, List[Dict]]:
                     capture_output=True,
                     text=True,
                     env=env,
-                    cwd=package_parent,
+                    cwd=tools,
                 )
                 if proc.returncode != 0:
                     raise RuntimeError(f"memory worker ({w}) failed:\n{proc.stderr[-4000:]}")

@@ -1,6 +1,6 @@
 """The ablation's outputs: a Markdown table, a bar chart and the JSON of every figure.
 
-A record is one variant's result as :func:`fpn_plugin.engine.ablation.run_variant` returns it:
+A record is one variant's result as :func:`.ablation.run_variant` returns it:
 ``row`` (the paper's row letter), ``variant``, ``label``, ``rpn_features``, ``roi_features``,
 ``anchors_per_image``, and ``ar`` / ``ap``: {metric: percent}.
 """

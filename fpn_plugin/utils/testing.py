@@ -1,5 +1,5 @@
 """Realistic workloads for untrained detectors, for tests and benchmarks (no weights are
-downloaded).
+downloaded), as ``detectron2.utils.testing`` has for Detectron2's own tests.
 
 An untrained R50-FPN does not behave like a trained one: its un-normalised (FrozenBN) ResNet
 features are in the thousands, so the RPN's box deltas blow every proposal up to the whole image

@@ -39,6 +39,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from fpn_bench.report import format_report
+
 from .gpu_check_report import write_summary
 from .tool_run import ToolRun, crash_stack, locate_crash, run_tool, with_faulthandler
 
@@ -69,7 +71,7 @@ _ENVIRONMENT_MARK = "ENVIRONMENT "
 _ENVIRONMENT_SCRIPT = (
     "import json, sys\n"
     "from detectron2.utils.collect_env import collect_env_info\n"
-    "from fpn_plugin.engine.gpu_check import environment\n"
+    "from fpn_apps.gpu_check import environment\n"
     "open(sys.argv[2], 'w').write(collect_env_info() + '\\n')\n"
     f"print({_ENVIRONMENT_MARK!r} + json.dumps(environment(sys.argv[1])))\n"
 )
@@ -322,16 +324,19 @@ class GpuCheck:
             self.progress(name, result)
 
     def _python(
-        self, log_name: str, args: Sequence[str], end: float, faulthandler=False
+        self, log_name: str, args: Sequence[str], end: float, faulthandler=False, cwd=None
     ) -> ToolRun:
-        """``python args...`` in the checkout until ``end``, its output in ``<log_name>.log``."""
+        """``python args...`` in the checkout (or ``cwd``) until ``end``, its output in
+        ``<log_name>.log``."""
         command, env = [sys.executable, *args], dict(os.environ, PYTHONUNBUFFERED="1")
         if faulthandler:
             command, env = with_faulthandler(command, env)
         log = os.path.join(self.out, f"{log_name}.log")
-        return run_tool(command, log, timeout=end - time.monotonic(), env=env, cwd=self.o.repo)
+        return run_tool(
+            command, log, timeout=end - time.monotonic(), env=env, cwd=cwd or self.o.repo
+        )
 
-    def _diagnose(self, name: str, args: List[str], end: float, variants=()) -> Dict:
+    def _diagnose(self, name: str, args: List[str], end: float, variants=(), cwd=None) -> Dict:
         """After a crash: ``args`` run again with faulthandler (the crashing thread's stack, and
         whose code it lies in), then with each of ``variants`` appended, while time is left."""
         import fpn_plugin
@@ -342,7 +347,9 @@ class GpuCheck:
             if end - time.monotonic() < MIN_STEP_SECONDS:
                 reruns.append({"label": label, "status": "out_of_time"})
                 continue
-            run = self._python(f"{name}_crash_{i}", [*args, *extra], end, faulthandler=True)
+            run = self._python(
+                f"{name}_crash_{i}", [*args, *extra], end, faulthandler=True, cwd=cwd
+            )
             with open(run.log, errors="replace") as f:
                 frames = crash_stack(f.read())
             location = locate_crash(frames, roots) if run.crash else None
@@ -362,11 +369,14 @@ class GpuCheck:
 
     def _step_env(self, end: float) -> Dict:
         # In a process of its own: loading Detectron2's compiled ops or the CUDA driver may crash.
+        # It runs in tools/, where its program imports this module from.
         args = ["-c", _ENVIRONMENT_SCRIPT, self.o.device, os.path.join(self.out, "environment.txt")]
-        run = self._python("env", args, end)
+        tools = os.path.join(self.o.repo, "tools")
+        run = self._python("env", args, end, cwd=tools)
         failure = _failure(run)
         if run.crash:
-            return {"run": run.as_dict(), **failure, "crash": self._diagnose("env", args, end)}
+            crash = self._diagnose("env", args, end, cwd=tools)
+            return {"run": run.as_dict(), **failure, "crash": crash}
         with open(run.log, errors="replace") as f:
             found = [line for line in f if line.startswith(_ENVIRONMENT_MARK)]
         if failure or not found:
@@ -474,8 +484,6 @@ class GpuCheck:
         return {**result, "status": "ok", "summary": summary}
 
     def _step_benchmark(self, end: float) -> Dict:
-        from ..benchmark.report import format_report
-
         runs, failed, lines = {}, [], []
         for label, flags in BENCHMARK_RUNS:
             opts = FAST_MODE["cpu" if self.o.device == "cpu" else "cuda"] if label == "fast" else []

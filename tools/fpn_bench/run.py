@@ -4,7 +4,8 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from ..accel.cpu_allocator import allocator_choice, keep_freed_cpu_memory
+from fpn_plugin.accel.cpu_allocator import allocator_choice, keep_freed_cpu_memory
+
 from .bench import Bench
 from .measurements import MEASURE
 from .options import MEASUREMENTS, BenchmarkOptions

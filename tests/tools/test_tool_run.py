@@ -1,11 +1,11 @@
-"""fpn_plugin/engine/tool_run.py: a tool run by a check, its time limit, the stack of a crash."""
+"""tools/fpn_apps/tool_run.py: a tool run by a check, its time limit, the stack of a crash."""
 
 import os
 import sys
 import textwrap
 import time
 
-from fpn_plugin.engine.tool_run import crash_stack, locate_crash, run_tool, with_faulthandler
+from fpn_apps.tool_run import crash_stack, locate_crash, run_tool, with_faulthandler
 
 #: A Python program that dies of a segmentation fault in ``crash_here`` (reading address 0).
 SEGFAULT = textwrap.dedent("""

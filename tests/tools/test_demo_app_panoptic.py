@@ -1,4 +1,4 @@
-"""fpn_plugin.engine.demo with panoptic and semantic predictions (a stub predictor): drawn with
+"""fpn_apps.demo with panoptic and semantic predictions (a stub predictor): drawn with
 Detectron2's draw_panoptic_seg / draw_sem_seg, segments recorded in the JSON."""
 
 import json
@@ -11,8 +11,8 @@ from PIL import Image
 from detectron2.data.catalog import Metadata
 from detectron2.structures import Boxes, Instances
 
+from fpn_apps.demo import DetectionDemo, plan_video_output, segments_to_json
 from fpn_plugin.data import shapes_panoptic_metadata
-from fpn_plugin.engine.demo import DetectionDemo, plan_video_output, segments_to_json
 
 H, W = 48, 64
 

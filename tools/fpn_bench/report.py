@@ -18,8 +18,8 @@ from tabulate import DataRow, TableFormat, tabulate
 import detectron2
 
 import fpn_plugin
+from fpn_plugin.accel import strategies_of
 
-from ..accel import strategies_of
 from .bench import Bench
 from .measurements import blocked_layout_active
 

@@ -15,11 +15,12 @@ proposals per image are kept (the paper's setting), which the box head also uses
 """
 
 import copy
+import dataclasses
 import json
 import math
 import os
 import time
-from typing import Callable, Dict, List, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -29,10 +30,11 @@ from detectron2.evaluation import COCOEvaluator, inference_on_dataset
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.utils.env import seed_all_rng
 
-from ..data import register_shapes_datasets_from_config
+from fpn_plugin.data import register_shapes_datasets_from_config
+from fpn_plugin.engine import FPNTrainer, load_plugin_config
+
 from .ablation_report import markdown_table, write_outputs
-from .defaults import load_plugin_config
-from .trainer import FPNTrainer
+from .checkout import CONFIGS, REPO
 
 __all__ = [
     "VARIANTS",
@@ -40,6 +42,7 @@ __all__ = [
     "AR_KEYS",
     "AP_KEYS",
     "TEST_PROPOSALS",
+    "TrainingBudget",
     "parse_variants",
     "variant_file",
     "base_config",
@@ -60,10 +63,8 @@ VARIANTS: Dict[str, Tuple[str, str]] = {
     "no_lateral": ("e", "top-down pyramid, no lateral"),
     "finest_only": ("f", "only finest level (P2)"),
 }
-#: The variants' override files (``<name>.yaml``), in a source checkout.
-VARIANT_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "configs", "ablation"
-)
+#: The variants' override files (``<name>.yaml``) of this checkout.
+VARIANT_DIR = os.path.join(CONFIGS, "ablation")
 #: Proposal metrics (Detectron2's COCOEvaluator "box_proposals" keys), percent.
 AR_KEYS = ("AR@100", "ARs@100", "ARm@100", "ARl@100", "AR@1000", "ARs@1000", "ARm@1000", "ARl@1000")
 #: Box metrics (COCOEvaluator "bbox" keys), percent.
@@ -111,34 +112,53 @@ def _scaled(value: int, iters: int, base_iters: int) -> int:
     return max(0, min(iters, int(round(value * iters / base_iters))))
 
 
-def base_config(args) -> CfgNode:
-    """The shared config: ``args.config_file`` + the shared budget + ``args.opts`` (not frozen).
+@dataclasses.dataclass
+class TrainingBudget:
+    """The training every variant (or neck) shares: ``config_file`` (a plugin YAML config) with
+    ``opts`` (``KEY VALUE`` list, merged last) on ``device``; ``iters``, ``batch``, ``num_train``,
+    ``num_val`` and ``image_size`` (pixels: the fpn_shapes images and the train / test input size)
+    replace the config's own values unless None. ``iters`` stretches the config's LR schedule
+    (warm-up and steps at the same fractions of training)."""
 
-    ``args`` holds tools/ablation.py's flags: ``config_file``, ``device``, ``opts`` (``KEY VALUE``
-    list), and ``iters``, ``batch``, ``num_train``, ``num_val``, ``image_size`` (pixels), each None
-    for the config's own value. ``iters`` stretches the config's LR schedule (warm-up and steps at
-    the same fractions of training).
-    """
-    cfg = load_plugin_config(args.config_file)
-    shared = {"MODEL.DEVICE": args.device}
+    config_file: str
+    device: str = "cpu"
+    iters: Optional[int] = None
+    batch: Optional[int] = None
+    num_train: Optional[int] = None
+    num_val: Optional[int] = None
+    image_size: Optional[int] = None
+    opts: Sequence[str] = ()
+
+    @classmethod
+    def from_flags(cls, flags: Mapping[str, Any]) -> "TrainingBudget":
+        """The budget among a tool's parsed flags (``vars(args)``); the other flags are ignored."""
+        return cls(**{f.name: flags[f.name] for f in dataclasses.fields(cls) if f.name in flags})
+
+
+def base_config(budget: TrainingBudget) -> CfgNode:
+    """The shared config: ``budget.config_file`` + the shared budget + ``budget.opts`` (not
+    frozen). ``ValueError`` naming the flag for a budget below 1 or a missing GPU."""
+    cfg = load_plugin_config(budget.config_file)
+    shared = {"MODEL.DEVICE": budget.device}
     base_iters = cfg.SOLVER.MAX_ITER
-    if args.iters is not None:
-        if args.iters < 1:
-            raise ValueError(f"--iters = {args.iters} must be >= 1.")
-        steps = (_scaled(s, args.iters, base_iters) for s in cfg.SOLVER.STEPS)
-        shared["SOLVER.MAX_ITER"] = args.iters
-        shared["SOLVER.STEPS"] = tuple(s for s in steps if 0 < s < args.iters)
-        shared["SOLVER.WARMUP_ITERS"] = _scaled(cfg.SOLVER.WARMUP_ITERS, args.iters, base_iters)
-    if args.batch is not None:
-        if args.batch < 1:
-            raise ValueError(f"--batch = {args.batch} must be >= 1.")
-        shared["SOLVER.IMS_PER_BATCH"] = args.batch
-    if args.num_train is not None:
-        shared["DATASETS.FPN_SHAPES.NUM_TRAIN"] = args.num_train
-    if args.num_val is not None:
-        shared["DATASETS.FPN_SHAPES.NUM_VAL"] = args.num_val
-    if args.image_size is not None:
-        s = args.image_size
+    iters = budget.iters
+    if iters is not None:
+        if iters < 1:
+            raise ValueError(f"--iters = {iters} must be >= 1.")
+        steps = (_scaled(s, iters, base_iters) for s in cfg.SOLVER.STEPS)
+        shared["SOLVER.MAX_ITER"] = iters
+        shared["SOLVER.STEPS"] = tuple(s for s in steps if 0 < s < iters)
+        shared["SOLVER.WARMUP_ITERS"] = _scaled(cfg.SOLVER.WARMUP_ITERS, iters, base_iters)
+    if budget.batch is not None:
+        if budget.batch < 1:
+            raise ValueError(f"--batch = {budget.batch} must be >= 1.")
+        shared["SOLVER.IMS_PER_BATCH"] = budget.batch
+    if budget.num_train is not None:
+        shared["DATASETS.FPN_SHAPES.NUM_TRAIN"] = budget.num_train
+    if budget.num_val is not None:
+        shared["DATASETS.FPN_SHAPES.NUM_VAL"] = budget.num_val
+    if budget.image_size is not None:
+        s = budget.image_size
         shared.update({"DATASETS.FPN_SHAPES.IMAGE_SIZE": s, "INPUT.MIN_SIZE_TRAIN": (s,)})
         shared.update(
             {"INPUT.MAX_SIZE_TRAIN": s, "INPUT.MIN_SIZE_TEST": s, "INPUT.MAX_SIZE_TEST": s}
@@ -148,7 +168,7 @@ def base_config(args) -> CfgNode:
     shared.update({"SOLVER.CHECKPOINT_PERIOD": 10**9, "TEST.EVAL_PERIOD": 0})
     # Python values: yacs checks their types against the defaults.
     cfg.merge_from_list([item for key_value in shared.items() for item in key_value])
-    cfg.merge_from_list(list(args.opts))
+    cfg.merge_from_list(list(budget.opts))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(
             f"--device {cfg.MODEL.DEVICE}: no CUDA GPU is available here; use --device cpu."
@@ -234,10 +254,14 @@ def count_anchors(model: nn.Module, image_size: int) -> int:
 
 
 def run_variant(
-    base: CfgNode, name: str, output_dir: str, log: Callable[[str], None] = print
+    base: CfgNode,
+    name: str,
+    output_dir: str,
+    variant_dir: str = VARIANT_DIR,
+    log: Callable[[str], None] = print,
 ) -> dict:
     """Train and evaluate one variant; returns its record (settings, seconds, AR and AP in %)."""
-    cfg = variant_config(base, name, output_dir)
+    cfg = variant_config(base, name, output_dir, variant_dir)
     row, label = VARIANTS[name]
     seed_all_rng(cfg.SEED)  # every variant: same initial RNG state, hence the same data order
     trainer = AblationTrainer(cfg)
@@ -282,12 +306,11 @@ def run_variant(
     return record
 
 
-def _budget(base: CfgNode, args) -> dict:
+def _budget(base: CfgNode, budget: TrainingBudget) -> dict:
     """The settings every variant shares, as recorded in ablation.json."""
-    repo = os.path.dirname(os.path.dirname(VARIANT_DIR))
-    config_file = args.config_file
-    if os.path.abspath(config_file).startswith(repo + os.sep):
-        config_file = os.path.relpath(os.path.abspath(config_file), repo)
+    config_file = budget.config_file
+    if os.path.abspath(config_file).startswith(REPO + os.sep):
+        config_file = os.path.relpath(os.path.abspath(config_file), REPO)
     return {
         "iterations": base.SOLVER.MAX_ITER,
         "batch": base.SOLVER.IMS_PER_BATCH,
@@ -302,29 +325,36 @@ def _budget(base: CfgNode, args) -> dict:
         "fpn_channels": base.MODEL.FPN.OUT_CHANNELS,
         "test_proposals": TEST_PROPOSALS,
         "config_file": config_file,
-        "opts": list(args.opts),
+        "opts": list(budget.opts),
     }
 
 
-def run_ablation(args, log: Callable[[str], None] = print) -> dict:
-    """Runs the variants ``args.variants`` on the shared budget of :func:`base_config`; writes
-    ``ablation.md``, ``ablation.json`` and ``ablation.png`` to ``args.output_dir`` after each
-    variant (a stopped run keeps what it finished). Returns the JSON content."""
-    names = parse_variants(args.variants)
-    base = base_config(args)
+def run_ablation(
+    budget: TrainingBudget,
+    variants: Union[str, Sequence[str]],
+    output_dir: str,
+    variant_dir: str = VARIANT_DIR,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Runs ``variants`` (names as :func:`parse_variants` takes them; their overrides in
+    ``variant_dir``) on the shared ``budget`` (:func:`base_config`); writes ``ablation.md``,
+    ``ablation.json`` and ``ablation.png`` to ``output_dir`` after each variant (a stopped run
+    keeps what it finished). Returns the JSON content."""
+    names = parse_variants(variants)
+    base = base_config(budget)
     for name in names:  # a missing file fails now, not after hours of training
-        variant_file(name)
-    os.makedirs(args.output_dir, exist_ok=True)
+        variant_file(name, variant_dir)
+    os.makedirs(output_dir, exist_ok=True)
     register_shapes_datasets_from_config(base)
-    budget = _budget(base, args)
-    log(f"Ablation of {len(names)} variant(s) {names}, shared budget: {json.dumps(budget)}")
+    shared = _budget(base, budget)
+    log(f"Ablation of {len(names)} variant(s) {names}, shared budget: {json.dumps(shared)}")
     records = []
-    paths = {k: os.path.join(args.output_dir, f"ablation.{k}") for k in ("md", "json", "png")}
+    paths = {k: os.path.join(output_dir, f"ablation.{k}") for k in ("md", "json", "png")}
     for i, name in enumerate(names, start=1):
         log(f"[{i}/{len(names)}] {name}: {VARIANTS[name][1]}")
-        records.append(run_variant(base, name, args.output_dir, log=log))
+        records.append(run_variant(base, name, output_dir, variant_dir, log=log))
         result = {
-            "budget": budget,
+            "budget": shared,
             "variants": list(records),
             "metrics": {"ar": list(AR_KEYS), "ap": list(AP_KEYS)},
         }

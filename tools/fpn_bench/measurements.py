@@ -28,9 +28,10 @@ from typing import Callable, Dict, List
 import torch
 from torch import nn
 
-from ..accel.autocast import InferenceAutocast
-from ..accel.blocked_layout import BlockedLayoutNeck, resnet_blocked_forward
-from ..accel.channels_last import ChannelsLast
+from fpn_plugin.accel.autocast import InferenceAutocast
+from fpn_plugin.accel.blocked_layout import BlockedLayoutNeck, resnet_blocked_forward
+from fpn_plugin.accel.channels_last import ChannelsLast
+
 from .bench import Bench
 from .inputs import cycler, model_inputs, synthetic_targets
 from .memory import measure_memory

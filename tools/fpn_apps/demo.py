@@ -28,10 +28,10 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from ..data import register_shapes_datasets, register_shapes_panoptic_datasets
-from ..utils.visualizer import LevelVisualizer
-from .defaults import load_plugin_config
-from .predictor import FPNPredictor
+from fpn_plugin.data import register_shapes_datasets, register_shapes_panoptic_datasets
+from fpn_plugin.engine.defaults import load_plugin_config
+from fpn_plugin.engine.predictor import FPNPredictor
+from fpn_plugin.utils.visualizer import LevelVisualizer
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -49,7 +49,8 @@ __all__ = [
     "DetectionDemo",
 ]
 
-logger = logging.getLogger(__name__)
+# The demo tool's logger, under the "fpn_plugin" logger that tools/demo.py sets up.
+logger = logging.getLogger("fpn_plugin.demo")
 
 #: Extensions of the files taken from an input folder.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")

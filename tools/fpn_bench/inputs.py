@@ -11,8 +11,9 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.structures import Boxes, Instances
 
+from fpn_plugin.utils.testing import random_boxes
+
 from .options import BenchmarkOptions
-from .workload import random_boxes
 
 __all__ = [
     "IMAGE_EXTENSIONS",

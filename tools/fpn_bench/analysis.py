@@ -27,8 +27,8 @@ from detectron2.export import TracingAdapter
 from detectron2.modeling import build_model
 from detectron2.utils.analysis import FlopCountAnalysis
 
-from ..engine.defaults import load_plugin_config
-from .workload import make_trained_like
+from fpn_plugin.engine.defaults import load_plugin_config
+from fpn_plugin.utils.testing import make_trained_like
 
 __all__ = [
     "COMPONENT_NAMES",
