@@ -2,11 +2,11 @@
 detections.
 
 The quickstart-sized detector (configs/quickstart.yaml) with random weights made to detect like a
-trained model (fpn_plugin.utils.testing.make_trained_like: 100 detections per image) is exported, saved,
-loaded back and run on real-sized images, one of them of another size than the traced one; its
-detections must match eager mode's to 1e-3 (boxes in pixels, scores; classes and pyramid levels
-equal). R50-FPN (configs/fpn_r50.yaml) is checked by scripting. tools/export_model.py runs as a
-subprocess, end to end and on a path that cannot work.
+trained model (fpn_plugin.utils.testing.make_trained_like: 100 detections per image) is exported,
+saved, loaded back and run on real-sized images, one of them of another size than the traced one;
+its detections must match eager mode's to 1e-3 (boxes in pixels, scores; classes and pyramid
+levels equal). R50-FPN (configs/fpn_r50.yaml) is checked by scripting. tools/export_model.py runs
+as a subprocess, end to end and on a path that cannot work.
 """
 
 import json
