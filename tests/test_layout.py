@@ -18,7 +18,13 @@ LAYERS = (
     ("fpn_plugin._requirements", "fpn_plugin.config"),
     ("fpn_plugin.modeling",),
     ("fpn_plugin.accel",),
-    ("fpn_plugin.data", "fpn_plugin.evaluation", "fpn_plugin.export", "fpn_plugin.utils"),
+    (
+        "fpn_plugin.data",
+        "fpn_plugin.evaluation",
+        "fpn_plugin.export",
+        "fpn_plugin.utils",
+        "fpn_plugin.convert",
+    ),
     ("fpn_plugin.engine",),
     ("fpn_plugin",),
 )
