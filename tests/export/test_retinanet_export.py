@@ -21,7 +21,7 @@ from fpn_plugin.export.retinanet import (
     retinanet_detections,
     save_retinanet_onnx,
 )
-from tests.conftest import plugin_cfg
+from tests.conftest import load_tool, plugin_cfg
 from tests.export.detecting import detecting_retinanet, image
 
 BOX_TOL, SCORE_TOL = 1e-3, 1e-4
@@ -55,6 +55,12 @@ def saved(program, tmp_path_factory):
     return str(folder / "model.pt2"), save_retinanet_onnx(program, str(folder / "model.onnx"))
 
 
+@pytest.fixture(scope="module")
+def loaded(saved):
+    """The saved program, loaded back."""
+    return torch.export.load(saved[0]).module()
+
+
 def _assert_agrees(ref, outputs):
     boxes, scores, classes = outputs
     got = {"pred_boxes": boxes, "scores": scores, "pred_classes": classes}
@@ -64,8 +70,7 @@ def _assert_agrees(ref, outputs):
     assert result["max_box_diff"] <= BOX_TOL and result["max_score_diff"] <= SCORE_TOL, result
 
 
-def test_pt2_matches_eager(saved, images, eager):
-    loaded = torch.export.load(saved[0]).module()
+def test_pt2_matches_eager(loaded, images, eager):
     for img, ref in zip(images, eager):
         with torch.no_grad():
             _assert_agrees(ref, loaded(img))
@@ -96,3 +101,22 @@ def test_not_a_retinanet_is_refused():
 
     with pytest.raises(ExportError, match="not a RetinaNet"):
         RetinaNetExport(build_model(plugin_cfg("configs/quickstart.yaml")).eval())
+
+
+def test_deploy_benchmark_times_and_compares_the_artefacts(model, saved, loaded, images):
+    """tools/fpn_bench_deploy.py (what tools/benchmark_deploy.py runs) on the eager model and
+    the two artefacts: one row each, the artefacts agreeing with the eager reference."""
+    deploy = load_tool("fpn_bench_deploy.py")
+    runners = {
+        "eager": deploy.eager_runner(model),
+        "pt2": deploy.pt2_runner(loaded),
+        "onnx": deploy.onnx_runner(saved[1]),
+    }
+    rows = deploy.benchmark(runners, images[:1], "eager", reps=1, warmup=0)
+    assert [r["name"] for r in rows] == ["eager", "pt2", "onnx"]
+    assert rows[0]["ratio"] == 1.0 and all(r["seconds_per_image"] > 0 for r in rows)
+    for r in rows[1:]:
+        assert r["agree"] and r["detections"] == rows[0]["detections"] >= 50, r
+        assert r["max_box_diff"] <= BOX_TOL and r["max_score_diff"] <= SCORE_TOL, r
+    table = deploy.format_table(rows, "eager")
+    assert table.count("\n") == 4 and "| onnx |" in table
