@@ -133,7 +133,10 @@ class RetinaNetExport(nn.Module):
         d = self.size_divisibility
         if d > 1:
             # As ImageList.from_tensors: zero padding (after normalisation) at the bottom, right.
-            x = F.pad(x, (0, (-x.shape[-1]) % d, 0, (-x.shape[-2]) % d))
+            # The padded size is written as d * ceil(size / d), so that torch.export sees it is a
+            # multiple of d (Detectron2's FPN adds maps whose sizes agree only then).
+            h, w = x.shape[-2:]
+            x = F.pad(x, (0, d * ((w + d - 1) // d) - w, 0, d * ((h + d - 1) // d) - h))
         features = self.backbone(x[None])
         features = [features[f] for f in self.head_in_features]
         logits, deltas = self.head(features)

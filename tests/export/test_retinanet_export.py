@@ -21,8 +21,8 @@ from fpn_plugin.export.retinanet import (
     retinanet_detections,
     save_retinanet_onnx,
 )
-from tests.conftest import load_tool, plugin_cfg
-from tests.export.detecting import detecting_retinanet, image
+from tests.conftest import d2_cfg, load_tool, plugin_cfg
+from tests.export.detecting import detecting_retinanet, image, make_detecting
 
 BOX_TOL, SCORE_TOL = 1e-3, 1e-4
 
@@ -120,3 +120,21 @@ def test_deploy_benchmark_times_and_compares_the_artefacts(model, saved, loaded,
         assert r["max_box_diff"] <= BOX_TOL and r["max_score_diff"] <= SCORE_TOL, r
     table = deploy.format_table(rows, "eager")
     assert table.count("\n") == 4 and "| onnx |" in table
+
+
+def test_detectron2s_own_retinanet_exports(images):
+    """The same export on a RetinaNet that Detectron2 builds from its own config (its ResNet, FPN
+    with P6/P7, DefaultAnchorGenerator, RetinaNetHead), made small: ResNet-18, d = 64, 4 classes."""
+    from detectron2.modeling import build_model
+
+    cfg = d2_cfg("COCO-Detection/retinanet_R_50_FPN_1x.yaml")
+    cfg.merge_from_list(
+        ["MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64]
+        + ["MODEL.FPN.OUT_CHANNELS", 64, "MODEL.RETINANET.NUM_CLASSES", 4]
+    )
+    torch.manual_seed(0)
+    d2_model = make_detecting(build_model(cfg).eval(), image(256, 320, 0))
+    exported = export_retinanet(d2_model, image(256, 320, 0)).module()
+    for img in images:
+        with torch.no_grad():
+            _assert_agrees(retinanet_detections(d2_model, img), exported(img))
