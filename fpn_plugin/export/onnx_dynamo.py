@@ -9,6 +9,11 @@ Detectron2's ROIAlignV2, which needs opset >= 16; ``sampling_ratio=0``, the adap
 Detectron2 uses, means the same in both). ONNX Runtime's results equal torchvision's
 (tests/export/test_onnx_dynamo.py), so no translation of the plugin's own is needed; other
 operators can be given in ``custom_translation_table``.
+
+Known limit (torch 2.14): one ``ExportedProgram`` object converts to ONNX once per process; a
+second conversion of the same object fails in the exporter's decomposition step
+(``PendingUnbackedSymbolNotFound`` on the data-dependent sizes). Convert the program returned by
+``torch.export.load`` (or a new export) instead. Different programs convert one after another.
 """
 
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union

@@ -162,8 +162,10 @@ def export_retinanet(
     """``torch.export`` of a RetinaNet's inference (:class:`RetinaNetExport` of a copy of the model
     without :mod:`fpn_plugin.accel`'s strategies), traced on one (3, H, W) sample image.
 
-    Height and width are dynamic, from ``min_size`` to ``max_size`` pixels each; the detection
-    count is data-dependent. Raises :class:`ExportError` naming the module and the reason.
+    Height and width are dynamic, from ``min_size`` (default: the coarsest level's stride + 1, so
+    that every level is at least 2 x 2 cells) to ``max_size`` pixels each; the detection count
+    is data-dependent. The program pads to the size divisibility itself. Raises
+    :class:`ExportError` naming the module and the reason.
     """
     register_fake_kernels()
     wrapper = RetinaNetExport(plain_copy(model)).eval()
@@ -181,7 +183,9 @@ def export_retinanet(
                 wrapper, (image,), dynamic_shapes=({1: height, 2: width},), strict=strict
             )
     except Exception as e:
-        raise ExportError(_PATH, first_line(e), "TorchScript tracing") from e
+        raise ExportError(
+            _PATH, first_line(e), "Detectron2's tools/deploy/export_model.py (TorchScript tracing)"
+        ) from e
 
 
 def retinanet_detections(model: RetinaNet, image: torch.Tensor) -> Dict[str, torch.Tensor]:
