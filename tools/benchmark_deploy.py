@@ -135,15 +135,18 @@ def export_missing(args, model, image):
     from fpn_plugin.export.retinanet import export_retinanet, save_retinanet_onnx
 
     os.makedirs(args.export_dir, exist_ok=True)
-    program = export_retinanet(model, image)
+    # One program per artefact: a program traced again (ONNX, AOTInductor) cannot be traced a
+    # second time in the same process (fpn_plugin/export/onnx_dynamo.py, "Known limit").
     if not args.pt2:
         args.pt2 = os.path.join(args.export_dir, "model.pt2")
-        torch.export.save(program, args.pt2)
+        torch.export.save(export_retinanet(model, image), args.pt2)
     if not args.onnx:
-        args.onnx = save_retinanet_onnx(program, os.path.join(args.export_dir, "model.onnx"))
+        path = os.path.join(args.export_dir, "model.onnx")
+        args.onnx = save_retinanet_onnx(export_retinanet(model, image), path)
     if not args.aoti:
         args.aoti = torch._inductor.aoti_compile_and_package(
-            program, package_path=os.path.join(args.export_dir, "model_aoti.pt2")
+            export_retinanet(model, image),
+            package_path=os.path.join(args.export_dir, "model_aoti.pt2"),
         )
 
 
