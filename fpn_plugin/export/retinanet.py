@@ -171,6 +171,9 @@ def export_retinanet(
     wrapper = RetinaNetExport(plain_copy(model)).eval()
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"image: expected (3, H, W), got shape {tuple(image.shape)}")
+    # A view (e.g. a crop) would be traced with its parent's strides, and the program would then
+    # guard on them.
+    image = image.contiguous()
     if min_size is None:
         # Every level at least 2 x 2: torch.export specialises sizes of 1.
         strides = [s.stride for s in wrapper.backbone.output_shape().values()]
