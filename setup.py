@@ -30,13 +30,21 @@ setup(
         "tqdm",
     ],
     extras_require={
-        # tools/export_model.py --format onnx, and its --check of ONNX files.
-        "export": ["onnx>=1.15", "onnxruntime>=1.17"],
+        # tools/export_model.py --format onnx, and its --check of ONNX files; onnxscript is the
+        # dynamo exporter's operator library (torchvision's nms and roi_align included).
+        "export": ["onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.7"],
         # MODEL.FPN.BOTTOM_UP "build_timm_backbone": any timm network as the bottom-up pathway.
         "timm": ["timm>=1.0"],
         # Panoptic quality (PQ) without panopticapi, which is not on PyPI (fpn_plugin/evaluation).
         "panoptic": ["torchmetrics>=1.0"],
-        "test": ["pytest>=7", "onnx>=1.15", "onnxruntime>=1.17", "timm>=1.0", "torchmetrics>=1.0"],
+        "test": [
+            "pytest>=7",
+            "onnx>=1.15",
+            "onnxruntime>=1.17",
+            "onnxscript>=0.7",
+            "timm>=1.0",
+            "torchmetrics>=1.0",
+        ],
         # The formatter and linter that make test runs (ruff.toml).
         "lint": ["ruff>=0.5"],
     },

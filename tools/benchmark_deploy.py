@@ -1,0 +1,191 @@
+#!/usr/bin/env python
+"""Deployment speed: the plugin's detector eager, compiled, as an AOTInductor package and as ONNX
+in ONNX Runtime, against Detectron2's eager model, per image, in one run.
+
+    python tools/benchmark_deploy.py                       # R50-FPN Faster R-CNN, 800x1333, CPU
+    python tools/benchmark_deploy.py --aoti model.pt2 --onnx model.onnx --pt2 program.pt2
+    python tools/benchmark_deploy.py --export-dir deploy/  # export what is missing there first
+    python tools/benchmark_deploy.py --images a.jpg b.jpg --reps 5 MODEL.ACCEL.ROI_ALIGN torch
+
+Models: Detectron2's ``--reference-config`` (default COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml)
+with random weights scaled by ``make_trained_like`` (seed 0: every run builds the same weights),
+and the plugin's ``--config-file`` (default configs/fpn_r50.yaml) loaded from its state_dict, run
+as the tools run it (``MODEL.ACCEL``). ``MODEL.ACCEL.COMPILE True`` is timed too where the config
+has that key. Artefacts are given as paths (exported from these same weights, e.g. by an earlier
+``--export-dir`` run), so their compile time is not in the timing; ``--export-dir`` exports the
+missing ones first (RetinaNet: ``fpn_plugin.export.retinanet``). Trailing ``KEY VALUE`` pairs
+override the plugin's config. Output: a Markdown table, one row per artefact, with seconds per
+image (median of ``--reps`` passes, all artefacts alternating), the ratio to Detectron2, and the
+largest box and score differences of its detections from Detectron2's.
+"""
+
+import argparse
+import os
+import sys
+
+import fpn_bench_deploy as deploy  # tools/fpn_bench_deploy.py, beside this file
+import numpy as np
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+import fpn_plugin  # noqa: F401  (registers the components)
+from fpn_plugin.accel import accelerate
+from fpn_plugin.benchmark.workload import make_trained_like
+from fpn_plugin.config import detectron2_config_file, get_plugin_cfg
+
+D2_CONFIG = "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"
+PLUGIN_CONFIG = "configs/fpn_r50.yaml"
+REFERENCE = "detectron2 eager"
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--config-file", default=PLUGIN_CONFIG, help="the plugin's config")
+    p.add_argument(
+        "--reference-config",
+        default=D2_CONFIG,
+        help="Detectron2's model-zoo config of the same detector (its weights load into ours)",
+    )
+    p.add_argument("--pt2", default=None, help="torch.export program (.pt2) to time")
+    p.add_argument("--aoti", default=None, help="AOTInductor package (.pt2) to time")
+    p.add_argument("--onnx", default=None, help="ONNX file to time in ONNX Runtime")
+    p.add_argument(
+        "--export-dir", default=None, help="export the artefacts not given into this folder first"
+    )
+    p.add_argument(
+        "--images", nargs="+", default=None, help="photos, resized like DefaultPredictor"
+    )
+    p.add_argument("--size", default="800x1333", help="HxW of the generated image (no --images)")
+    p.add_argument("--reps", type=int, default=3, help="timed passes (median)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed passes")
+    p.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of the config")
+    return p
+
+
+def _images(args, cfg):
+    if not args.images:
+        h, w = (int(v) for v in args.size.lower().split("x"))
+        g = torch.Generator().manual_seed(0)
+        coarse = torch.rand(1, 3, h // 32, w // 32, generator=g)
+        smooth = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear")[0]
+        return [(0.8 * smooth + 0.2 * torch.rand(3, h, w, generator=g)) * 255]
+    from detectron2.data import transforms as T
+    from detectron2.data.detection_utils import read_image
+
+    aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    out = []
+    for path in args.images:
+        if not os.path.isfile(path):
+            sys.exit(f"benchmark_deploy.py: --images: no file {path!r}")
+        img = read_image(path, format=cfg.INPUT.FORMAT)
+        img = aug.get_transform(img).apply_image(img)
+        out.append(torch.as_tensor(np.ascontiguousarray(img.transpose(2, 0, 1))).float())
+    return out
+
+
+def build(args):
+    """(Detectron2's model or None, the plugin's cfg, the plugin's state_dict source model)."""
+    cfg = get_plugin_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.MODEL.DEVICE = "cpu"
+    torch.manual_seed(0)
+    ref = None
+    if args.reference_config.lower() != "none":
+        ref_cfg = get_cfg()
+        ref_cfg.merge_from_file(detectron2_config_file(args.reference_config))
+        ref_cfg.MODEL.DEVICE, ref_cfg.MODEL.WEIGHTS = "cpu", ""
+        ref = build_model(ref_cfg).eval()
+        make_trained_like(ref)
+    return ref, cfg
+
+
+def plugin_model(cfg, state_dict, opts=()):
+    c = cfg.clone()
+    c.merge_from_list(list(opts))
+    torch.manual_seed(0)
+    model = build_model(c).eval()
+    if state_dict is not None:
+        model.load_state_dict(state_dict, strict=True)
+    else:
+        make_trained_like(model)
+    return accelerate(model, c)
+
+
+def export_missing(args, model, image):
+    """Export the artefacts not given on the command line into ``--export-dir``."""
+    from detectron2.modeling.meta_arch.retinanet import RetinaNet
+
+    if not isinstance(model, RetinaNet):
+        try:
+            from fpn_plugin.export import program as two_stage  # noqa: F401
+        except ImportError:
+            print(
+                "note: --export-dir: this installation has no export of two-stage detectors "
+                "(fpn_plugin.export.program); pass --pt2 / --aoti / --onnx"
+            )
+            return
+        print("note: --export-dir: export the two-stage detector with tools/export_model.py")
+        return
+    from fpn_plugin.export.retinanet import export_retinanet, save_retinanet_onnx
+
+    os.makedirs(args.export_dir, exist_ok=True)
+    # One program per artefact: a program traced again (ONNX, AOTInductor) cannot be traced a
+    # second time in the same process (fpn_plugin/export/onnx_dynamo.py, "Known limit").
+    if not args.pt2:
+        args.pt2 = os.path.join(args.export_dir, "model.pt2")
+        torch.export.save(export_retinanet(model, image), args.pt2)
+    if not args.onnx:
+        path = os.path.join(args.export_dir, "model.onnx")
+        args.onnx = save_retinanet_onnx(export_retinanet(model, image), path)
+    if not args.aoti:
+        args.aoti = torch._inductor.aoti_compile_and_package(
+            export_retinanet(model, image),
+            package_path=os.path.join(args.export_dir, "model_aoti.pt2"),
+        )
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    ref, cfg = build(args)
+    images = _images(args, cfg)
+    runners = {}
+    if ref is not None:
+        runners[REFERENCE] = deploy.eager_runner(ref)
+    state = ref.state_dict() if ref is not None else None
+    ours = plugin_model(cfg, state)
+    runners["plugin eager (MODEL.ACCEL)"] = deploy.eager_runner(ours)
+    if "COMPILE" in cfg.MODEL.ACCEL:
+        compiled = plugin_model(cfg, state, ["MODEL.ACCEL.COMPILE", True])
+        runners["plugin MODEL.ACCEL.COMPILE"] = deploy.eager_runner(compiled)
+    else:
+        print("note: MODEL.ACCEL.COMPILE is not a key of this config: not timed")
+    if args.export_dir:
+        export_missing(args, ours, images[0][:, : images[0].shape[1] // 2 + 1])
+    for name, path, make in (
+        ("pt2 (torch.export)", args.pt2, deploy.pt2_runner),
+        ("AOTInductor package", args.aoti, deploy.aoti_runner),
+        ("ONNX Runtime", args.onnx, lambda p: deploy.onnx_runner(p, args.threads)),
+    ):
+        if path:
+            runners[name] = make(path)
+        else:
+            print(f"note: no {name} artefact given: not timed")
+    reference = REFERENCE if ref is not None else "plugin eager (MODEL.ACCEL)"
+    rows = deploy.benchmark(runners, images, reference, reps=args.reps, warmup=args.warmup)
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, images "
+        f"{[tuple(i.shape[1:]) for i in images]}, median of {args.reps} passes"
+    )
+    print(deploy.format_table(rows, reference))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
