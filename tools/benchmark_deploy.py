@@ -23,17 +23,18 @@ import argparse
 import os
 import sys
 
-import fpn_bench_deploy as deploy  # tools/fpn_bench_deploy.py, beside this file
 import numpy as np
+import tool_startup  # noqa: F401  (first: Detectron2 without the TorchScript warning)
 import torch
 
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import fpn_plugin  # noqa: F401  (registers the components)
+from fpn_bench import deploy
 from fpn_plugin.accel import accelerate
-from fpn_plugin.benchmark.workload import make_trained_like
 from fpn_plugin.config import detectron2_config_file, get_plugin_cfg
+from fpn_plugin.utils.testing import make_trained_like
 
 D2_CONFIG = "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"
 PLUGIN_CONFIG = "configs/fpn_r50.yaml"

@@ -14,7 +14,7 @@ from torch import nn
 
 from detectron2.modeling import build_model
 
-from fpn_plugin.benchmark.workload import make_trained_like
+from fpn_plugin.utils.testing import make_trained_like
 from tests.conftest import plugin_cfg
 
 LOGIT_RANGE = 6.0  # largest logit - prior: scores up to ~0.8, none saturated

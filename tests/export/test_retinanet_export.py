@@ -7,7 +7,7 @@ The quickstart RetinaNet (configs/quickstart_retinanet.yaml), made to detect
 divisibility: the program pads, as the eager model does) must give the eager model's detections
 before the rescale: the same classes, boxes within 1e-3 px, scores within 1e-4. The same export
 runs on a RetinaNet that Detectron2 builds from its own config (made small), and
-tools/fpn_bench_deploy.py times and compares the artefacts.
+tools/fpn_bench/deploy.py times and compares the artefacts.
 """
 
 import pytest
@@ -23,7 +23,7 @@ from fpn_plugin.export.retinanet import (
     retinanet_detections,
     save_retinanet_onnx,
 )
-from tests.conftest import d2_cfg, load_tool, plugin_cfg
+from tests.conftest import d2_cfg, plugin_cfg
 from tests.export.detecting import detecting_retinanet, image, make_detecting
 
 BOX_TOL, SCORE_TOL = 1e-3, 1e-4
@@ -106,9 +106,10 @@ def test_not_a_retinanet_is_refused():
 
 
 def test_deploy_benchmark_times_and_compares_the_artefacts(model, saved, loaded, images):
-    """tools/fpn_bench_deploy.py (what tools/benchmark_deploy.py runs) on the eager model and
+    """tools/fpn_bench/deploy.py (what tools/benchmark_deploy.py runs) on the eager model and
     the two artefacts: one row each, the artefacts agreeing with the eager reference."""
-    deploy = load_tool("fpn_bench_deploy.py")
+    from fpn_bench import deploy
+
     runners = {
         "eager": deploy.eager_runner(model),
         "pt2": deploy.pt2_runner(loaded),

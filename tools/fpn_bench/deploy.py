@@ -7,7 +7,7 @@ detections before the rescale to the original image. Runners exist for an eager 
 (:func:`eager_runner`), a ``.pt2`` program (:func:`pt2_runner`), an AOTInductor package
 (:func:`aoti_runner`) and an ONNX file in ONNX Runtime (:func:`onnx_runner`); any other callable
 of that form can be timed too. :func:`benchmark` times them one after the other, repetition by
-repetition (``fpn_plugin.benchmark.timing.time_alternately``), so all see the same machine load.
+repetition (``fpn_bench.timing.time_alternately``), so all see the same machine load.
 """
 
 import math
@@ -20,7 +20,7 @@ from torch import nn
 from detectron2.modeling import GeneralizedRCNN
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 
-from fpn_plugin.benchmark.timing import time_alternately
+from fpn_bench.timing import time_alternately
 from fpn_plugin.export import compare_detections
 
 Detections = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
