@@ -11,9 +11,10 @@ sizes). The same class exports Detectron2's own ``StandardROIHeads`` / ``ROIPool
 plugin's ``LevelMappingROIHeads``.
 
 Program input: one image (3, H, W) float32, in ``INPUT.FORMAT``, resized as ``DefaultPredictor``
-does; H and W multiples of the backbone's size divisibility. Outputs: a tuple of tensors named by
-:attr:`ExportableRCNN.output_names`, the fields of ``model.inference(..., do_postprocess=False)``
-in sorted order, as the traced models of :mod:`fpn_plugin.export.torchscript` return them:
+does; any height and width (padded inside the program as Detectron2 pads). Outputs: a tuple of
+tensors named by :attr:`ExportableRCNN.output_names`, the fields of
+``model.inference(..., do_postprocess=False)`` in sorted order, as the traced models of
+:mod:`fpn_plugin.export.torchscript` return them:
 
 - ``pred_boxes`` (R, 4) float32 XYXY, input-image pixels; ``pred_classes`` (R,) int64;
   ``scores`` (R,) float32; ``pred_levels`` (R,) int64 (the plugin's RoI heads with
@@ -24,8 +25,7 @@ in sorted order, as the traced models of :mod:`fpn_plugin.export.torchscript` re
   ``pred_keypoint_heatmaps`` (R, K, S, S) float32 logits.
 """
 
-import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -37,14 +37,24 @@ from detectron2.modeling.roi_heads import StandardROIHeads
 
 from ..modeling.pooler import LevelMappingROIPooler
 from .common import ExportError, check_model, first_line, plain_copy
+from .validate import check_image
 
-__all__ = ["ExportableRCNN", "export_program", "image_dims"]
+__all__ = [
+    "ExportableRCNN",
+    "export_program",
+    "program_info",
+    "image_dims",
+    "heatmaps_to_keypoints",
+]
 
 PATH = "torch.export"
 
 #: torchvision's batched_nms runs a per-class loop above this many box coordinates on the CPU and
 #: the coordinate-offset trick below it; both are reproduced, as they round IoUs differently.
 _VANILLA_NMS_NUMEL = 4000
+
+#: Smallest and largest image height and width (pixels) the exported programs take.
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 128, 4096
 
 
 def _batched_nms(
@@ -60,7 +70,9 @@ def _batched_nms(
     for group in range(num_groups):
         inds = torch.nonzero(idxs == group).flatten()
         kept = torch.ops.torchvision.nms(boxes[inds], scores[inds], iou)
-        keep_vanilla = keep_vanilla.index_put((inds[kept],), torch.ones_like(kept, dtype=torch.bool))
+        keep_vanilla = keep_vanilla.index_put(
+            (inds[kept],), torch.ones_like(kept, dtype=torch.bool)
+        )
     # One NMS of boxes moved apart by group (torchvision's _batched_nms_coordinate_trick).
     # boxes.max(), defined for no boxes too (the boxes are clipped: coordinates >= 0).
     max_coordinate = torch.cat((boxes.flatten(), boxes.new_zeros(1))).amax()
@@ -120,9 +132,9 @@ def heatmaps_to_keypoints(maps: torch.Tensor, rois: torch.Tensor) -> torch.Tenso
     widths = (rois[:, 2] - rois[:, 0]).clamp(min=1)
     heights = (rois[:, 3] - rois[:, 1]).clamp(min=1)
     widths_ceil, heights_ceil = widths.ceil(), heights.ceil()
-    one = rois.new_ones(1)
-    max_w = int(torch.cat((widths_ceil, one)).max().item())
-    max_h = int(torch.cat((heights_ceil, one)).max().item())
+    one = rois.new_ones(1, dtype=torch.int64)
+    max_w = torch.cat((widths_ceil.long(), one)).max().item()
+    max_h = torch.cat((heights_ceil.long(), one)).max().item()
     torch._check(max_w >= 1)
     torch._check(max_h >= 1)
     xs = torch.arange(max_w, dtype=torch.float32, device=maps.device)
@@ -141,7 +153,7 @@ def heatmaps_to_keypoints(maps: torch.Tensor, rois: torch.Tensor) -> torch.Tenso
     for k in range(num_keypoints):
         m = maps[:, k]  # (R, S, S)
         # Along x first (each heatmap row at the output columns), then along y: ATen's order.
-        gx = m[rows, :, ix].permute(0, 2, 1, 3)  # (R, S, W_max, 4)
+        gx = m[rows, :, ix].permute(0, 3, 1, 2)  # (R, W_max, 4, S) -> (R, S, W_max, 4)
         along_x = gx[..., 0] * wx[:, None, :, 0]
         for j in range(1, 4):
             along_x = along_x + gx[..., j] * wx[:, None, :, j]
@@ -195,7 +207,8 @@ class ExportableRCNN(nn.Module):
     """A ``GeneralizedRCNN``'s inference on one image, written for ``torch.export``.
 
     ``forward(image)``: image (3, H, W) float32 (``INPUT.FORMAT``, resized as ``DefaultPredictor``
-    does), H and W multiples of :attr:`size_divisibility`; returns the tuple of tensors named by
+    does), any H and W from ``MIN_IMAGE_SIZE`` to ``MAX_IMAGE_SIZE``, padded inside to multiples
+    of :attr:`size_divisibility` as Detectron2 pads; returns the tuple of tensors named by
     :attr:`output_names` (see :mod:`fpn_plugin.export.program`). Its detections are the eager
     model's ``inference([{"image": image}], do_postprocess=False)``.
 
@@ -224,7 +237,9 @@ class ExportableRCNN(nn.Module):
                 _refuse(f"roi_heads.{name}", "rotated boxes (ROIAlignRotated) are not supported")
         predictor = heads.box_predictor
         if type(getattr(predictor, "box2box_transform", None)).__name__ != "Box2BoxTransform":
-            _refuse("roi_heads.box_predictor", "only FastRCNNOutputLayers' XYXY boxes are supported")
+            _refuse(
+                "roi_heads.box_predictor", "only FastRCNNOutputLayers' XYXY boxes are supported"
+            )
         constraints = getattr(model.backbone, "padding_constraints", {}) or {}
         if constraints.get("square_size", 0):
             _refuse(
@@ -348,6 +363,10 @@ class ExportableRCNN(nn.Module):
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         height, width = image.shape[-2], image.shape[-1]
         x = ((image - self.pixel_mean) / self.pixel_std)[None]
+        # Zeros after normalisation up to multiples of the divisibility, bottom and right, as
+        # ImageList.from_tensors pads; boxes are still clipped to the image's own size.
+        div = self.size_divisibility
+        x = F.pad(x, (0, (div - width % div) % div, 0, (div - height % div) % div))
         features = self.backbone(x)
         proposals = self.proposals(features, height, width)
         boxes, scores, classes, index, levels = self.detect(features, proposals, height, width)
@@ -381,30 +400,33 @@ def _refuse(module: str, reason: str):
     )
 
 
-def image_dims(divisibility: int, max_size: int = 4096) -> Tuple[torch.export.Dim, ...]:
-    """Height and width dims for ``torch.export``: multiples of ``divisibility``, at least two
-    of them, at most ``max_size`` pixels."""
-    h = torch.export.Dim("h_blocks", min=2, max=max(2, max_size // divisibility))
-    w = torch.export.Dim("w_blocks", min=2, max=max(2, max_size // divisibility))
-    return h * divisibility, w * divisibility
+def image_dims(max_size: int = MAX_IMAGE_SIZE) -> Tuple[torch.export.Dim, torch.export.Dim]:
+    """Height and width dims for ``torch.export``: any size from ``MIN_IMAGE_SIZE`` (sizes below
+    give pyramid levels of one pixel, which the program does not cover) to ``max_size`` pixels (the
+    program pads to the divisibility itself)."""
+    return (
+        torch.export.Dim("height", min=MIN_IMAGE_SIZE, max=max_size),
+        torch.export.Dim("width", min=MIN_IMAGE_SIZE, max=max_size),
+    )
 
 
 def export_program(
     model: GeneralizedRCNN, image: Optional[torch.Tensor] = None
-) -> Tuple[torch.export.ExportedProgram, List[str]]:
+) -> Tuple[torch.export.ExportedProgram, dict]:
     """``torch.export.export`` of the detector's inference on one image (see
     :class:`ExportableRCNN`), H and W dynamic. ``image``: a (3, H, W) sample (default: a random
-    one of 4 x 5 times the divisibility). Returns the program and its output names.
-    ``ExportError`` naming the module and the reason for a detector that cannot be exported."""
+    one of 4 x 5 times the divisibility; later images may have other sizes).
+
+    Returns the program and what a loader needs to know of it (:func:`program_info`).
+    ``ExportError`` naming the module and the reason for a detector that cannot be exported.
+    """
     wrapper = ExportableRCNN(model).eval()
     div = wrapper.size_divisibility
     if image is None:
         g = torch.Generator().manual_seed(0)
         image = torch.rand(wrapper.in_channels, 4 * div, 5 * div, generator=g) * 255
-    from .validate import check_image
-
-    check_image(image, div, wrapper.in_channels)
-    height, width = image_dims(div)
+    check_image(image, wrapper.in_channels)
+    height, width = image_dims()
     try:
         with torch.no_grad():
             program = torch.export.export(
@@ -412,20 +434,17 @@ def export_program(
             )
     except Exception as e:
         raise ExportError(PATH, first_line(e), "TorchScript (--format torchscript)") from e
-    return program, list(wrapper.output_names)
+    return program, program_info(wrapper)
 
 
-def run_program(program, image: torch.Tensor, names: Sequence[str]) -> Dict[str, torch.Tensor]:
-    """Detections of an exported program (``ExportedProgram`` or its ``.module()``) or an
-    AOTInductor package on one image, named by ``names``."""
-    call = program.module() if isinstance(program, torch.export.ExportedProgram) else program
-    with torch.no_grad():
-        outputs = call(image)
-    return dict(zip(names, outputs))
-
-
-def timed(fn, *args, **kwargs):
-    """(fn's result, seconds it took)."""
-    start = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return result, time.perf_counter() - start
+def program_info(wrapper: ExportableRCNN) -> dict:
+    """The program's input and outputs, as the artefacts record them (``output_names``,
+    ``in_channels``, ``min_size`` / ``max_size`` of H and W, ``size_divisibility``)."""
+    return {
+        "output_names": list(wrapper.output_names),
+        "in_channels": wrapper.in_channels,
+        "min_size": MIN_IMAGE_SIZE,
+        "max_size": MAX_IMAGE_SIZE,
+        "size_divisibility": wrapper.size_divisibility,
+        "input": "image (3, H, W) float32, INPUT.FORMAT, resized as DefaultPredictor does",
+    }
