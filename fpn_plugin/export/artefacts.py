@@ -15,6 +15,7 @@ import zipfile
 from typing import Dict
 
 import torch
+import torch._inductor
 
 from .common import ExportError, first_line
 from .validate import check_image
@@ -35,8 +36,6 @@ def save_program(program: torch.export.ExportedProgram, path: str, info: dict) -
 def compile_aoti(program: torch.export.ExportedProgram, path: str, info: dict) -> str:
     """AOTInductor package of ``program`` for the CPU at ``path`` (must end in ``.pt2``), with
     ``info`` in its metadata. Compiling takes minutes (C++ compiler)."""
-    import torch._inductor
-
     try:
         return torch._inductor.aoti_compile_and_package(
             program,
@@ -72,8 +71,6 @@ class ExportedDetector:
         self.path = path
         self.kind = "aoti" if _is_aoti_package(path) else "pt2"
         if self.kind == "aoti":
-            import torch._inductor
-
             self.runner = torch._inductor.aoti_load_package(path)
             text = self.runner.get_metadata().get(INFO_KEY)
         else:

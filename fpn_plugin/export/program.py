@@ -220,6 +220,12 @@ class ExportableRCNN(nn.Module):
     def __init__(self, model: GeneralizedRCNN):
         super().__init__()
         check_model(model, PATH)
+        if getattr(model, "sem_seg_head", None) is not None:
+            _refuse(
+                f"{type(model).__name__}.sem_seg_head",
+                "the semantic segmentation branch and the panoptic combination are not written "
+                "for torch.export",
+            )
         model = plain_copy(model)
         rpn, heads = model.proposal_generator, model.roi_heads
         if rpn is None or not hasattr(rpn, "rpn_head"):
