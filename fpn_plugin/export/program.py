@@ -57,6 +57,29 @@ _VANILLA_NMS_NUMEL = 4000
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 128, 4096
 
 
+# Rows are written with index_fill / index_copy, not index_put: index_put broadcasts its values,
+# and torch.export would assume a data-dependent row count >= 2 to rule broadcasting out (a
+# runtime assertion that fails on an image with a single box in a level or class).
+
+
+def _nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float) -> torch.Tensor:
+    """``torchvision.ops.nms``, exportable for any number of boxes kept.
+
+    torchvision's fake kernel of ``nms`` declares at least 2 boxes kept, and the program would
+    assert that at run time. Two boxes far outside any image, overlapping nothing and scored
+    lowest, are appended: they are always kept, last, and do not change which of the real boxes
+    are kept or their order; they are dropped from the result.
+    """
+    far = torch.tensor(
+        [[-4e4, -4e4, -4e4 + 1, -4e4 + 1], [-2e4, -2e4, -2e4 + 1, -2e4 + 1]],
+        dtype=boxes.dtype,
+        device=boxes.device,
+    )
+    lowest = torch.full((2,), float("-inf"), dtype=scores.dtype, device=scores.device)
+    kept = torch.ops.torchvision.nms(torch.cat((boxes, far)), torch.cat((scores, lowest)), iou)
+    return kept[:-2]
+
+
 def _batched_nms(
     boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, num_groups: int, iou: float
 ) -> torch.Tensor:
@@ -69,17 +92,15 @@ def _batched_nms(
     keep_vanilla = torch.zeros(n, dtype=torch.bool, device=boxes.device)
     for group in range(num_groups):
         inds = torch.nonzero(idxs == group).flatten()
-        kept = torch.ops.torchvision.nms(boxes[inds], scores[inds], iou)
-        keep_vanilla = keep_vanilla.index_put(
-            (inds[kept],), torch.ones_like(kept, dtype=torch.bool)
-        )
+        kept = _nms(boxes[inds], scores[inds], iou)
+        keep_vanilla = keep_vanilla.index_fill(0, inds[kept], True)
     # One NMS of boxes moved apart by group (torchvision's _batched_nms_coordinate_trick).
     # boxes.max(), defined for no boxes too (the boxes are clipped: coordinates >= 0).
     max_coordinate = torch.cat((boxes.flatten(), boxes.new_zeros(1))).amax()
     offsets = idxs.to(boxes) * (max_coordinate + 1)
-    kept = torch.ops.torchvision.nms(boxes + offsets[:, None], scores, iou)
+    kept = _nms(boxes + offsets[:, None], scores, iou)
     keep_trick = torch.zeros(n, dtype=torch.bool, device=boxes.device)
-    keep_trick = keep_trick.index_put((kept,), torch.ones_like(kept, dtype=torch.bool))
+    keep_trick = keep_trick.index_fill(0, kept, True)
     use_vanilla = torch.full((), n * 4, dtype=torch.int64) > _VANILLA_NMS_NUMEL
     keep = torch.nonzero(torch.where(use_vanilla, keep_vanilla, keep_trick)).flatten()
     order = torch.sort(scores[keep], descending=True, stable=True)[1]
@@ -336,7 +357,7 @@ class ExportableRCNN(nn.Module):
         output = feats[0].new_zeros((rois.shape[0], feats[0].shape[1]) + tuple(pooler.output_size))
         for level, op in enumerate(pooler.level_poolers):
             inds = torch.nonzero(pool_levels == level).flatten()
-            output = output.index_put((inds,), op(feats[level], rois[inds]))
+            output = output.index_copy(0, inds, op(feats[level], rois[inds]))
         return output, levels
 
     def detect(self, features: Dict[str, torch.Tensor], proposals: torch.Tensor, height, width):

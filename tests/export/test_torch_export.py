@@ -153,6 +153,7 @@ def test_pt2_loads_without_the_plugin(faster, images, tmp_path):
         _assert_agrees(ref, dict(zip(names, outputs)))
 
 
+@pytest.mark.aoti
 def test_aoti_package_matches_eager(faster, images, tmp_path):
     path = compile_aoti(faster["program"], str(tmp_path / "model_aoti.pt2"), faster["info"])
     detector = ExportedDetector(path)
@@ -193,9 +194,15 @@ def test_bad_input_gets_a_one_line_error(loaded, image, match):
     assert "\n" not in str(info.value)
 
 
-def test_loaded_program_takes_sizes_that_are_not_multiples_of_32(loaded, faster, images):
-    out = loaded(images[1])
-    assert set(out) == set(faster["info"]["output_names"]) and len(out["scores"]) > 0
+def test_loaded_program_on_small_and_flat_images(loaded, faster):
+    """Images with few boxes (a flat one: single boxes per level or class, or none) run and agree
+    with eager mode: no size assumed at export holds them back (torchvision's fake nms kernel
+    declares >= 2 boxes kept, which the program works around)."""
+    for image in (torch.full((3, 130, 150), 114.0), _image(128, 128, 3)):
+        got = loaded(image)
+        assert set(got) == set(faster["info"]["output_names"])
+        result = compare_detections(eager_detections(faster["model"], image), got, BOX_TOL)
+        assert result["ok"] == 1.0, result
 
 
 def test_unexportable_detector_names_module_and_reason():
