@@ -12,6 +12,8 @@ the strategies from its copy, tracing runs while they step aside), so the check 
 model as it runs eagerly with the file as it was written.
 """
 
+import importlib
+import importlib.util
 import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -126,11 +128,9 @@ def export_to_folder(
 def _onnx_dynamo():
     """:mod:`fpn_plugin.export.onnx_dynamo` (ONNX from the torch.export program), or None where
     it is not there."""
-    try:
-        from . import onnx_dynamo
-    except ImportError:
+    if importlib.util.find_spec(f"{__package__}.onnx_dynamo") is None:
         return None
-    return onnx_dynamo
+    return importlib.import_module(f"{__package__}.onnx_dynamo")
 
 
 def _export_onnx_dynamo(module, model, image, output):
