@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Export an fpn_plugin detector to TorchScript or ONNX, and check it against eager mode.
+"""Export an fpn_plugin detector (or one Detectron2 built from its own config) to TorchScript,
+ONNX, a torch.export program (.pt2) or an AOTInductor package, and check it against eager mode.
 
 Flags follow Detectron2's tools/deploy/export_model.py:
 
@@ -9,6 +10,13 @@ Flags follow Detectron2's tools/deploy/export_model.py:
     python tools/export_model.py --config-file ... --export-method tracing --format onnx \\
         --sample-image img.jpg --output exported/ --check MODEL.WEIGHTS ...
 
+    python tools/export_model.py --config-file configs/quickstart.yaml --format pt2 \
+        --output exported/ --check --check-images a.jpg b.jpg MODEL.WEIGHTS w.pth
+
+``--format pt2`` writes ``model.pt2`` (``torch.export``: image height and width dynamic, the
+detection count data-dependent; ``torch.export.load``), ``--format aoti`` ``model_aoti.pt2``
+(AOTInductor package for the CPU; ``torch._inductor.aoti_load_package``; compiling takes
+minutes). Both take any image size; ``--export-method`` does not apply to them.
 ``--export-method scripting`` (``torch.jit.script``, any image size, TorchScript only) or
 ``tracing`` (``torch.jit.trace`` through Detectron2's ``TracingAdapter`` on the sample image;
 image sizes stay dynamic). ``--format onnx`` goes through tracing, with the legacy
@@ -23,14 +31,16 @@ that image's pixels (see ``fpn_plugin/export/``).
 
 ``--check`` loads the written file back, runs it and the eager model on the sample image (and on
 ``--check-images``, e.g. of other sizes) and matches their detections (boxes, scores, classes,
-pyramid levels) to ``--tolerance``. Exit status: 0 success, 2 an export path that cannot work
-(the message names the path, the reason and what to use instead), 3 the check failed.
+pyramid levels, mask IoU >= 0.99, keypoints) to ``--tolerance``. Exit status: 0 success, 2 an
+export path that cannot work or a bad argument (the message names the path, the reason and what
+to use instead), 3 the check failed.
 """
 
 import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -44,6 +54,7 @@ from fpn_plugin.export import DEFAULT_OPSET, ExportError
 from fpn_plugin.export.to_folder import (
     EXPORT_METHODS,
     FORMATS,
+    PROGRAM_FORMATS,
     check_exported,
     export_to_folder,
     load_image,
@@ -54,12 +65,19 @@ logger = logging.getLogger("fpn_plugin.export_model")
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Export an fpn_plugin detector to TorchScript or ONNX."
+        description="Export a detector to TorchScript, ONNX, a torch.export program or an "
+        "AOTInductor package. Trailing KEY VALUE pairs (e.g. MODEL.WEIGHTS w.pth) override the "
+        "config, after any flag."
     )
     parser.add_argument(
         "--config-file", required=True, metavar="FILE", help="path to the config file"
     )
-    parser.add_argument("--export-method", choices=EXPORT_METHODS, default="tracing")
+    parser.add_argument(
+        "--export-method",
+        choices=EXPORT_METHODS,
+        default="tracing",
+        help="for --format torchscript / onnx (pt2 and aoti go through torch.export)",
+    )
     parser.add_argument("--format", choices=FORMATS, default="torchscript")
     parser.add_argument("--output", required=True, help="output folder (created if needed)")
     parser.add_argument(
@@ -92,6 +110,21 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: A config key: upper-case words joined by dots (MODEL.WEIGHTS, INPUT.MIN_SIZE_TEST).
+_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)+$")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The tool's arguments; everything from the first config KEY on is a KEY VALUE override,
+    whichever flag comes before it (``--check-images a.jpg MODEL.WEIGHTS w.pth`` gives one check
+    image and one override)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = next((i for i, a in enumerate(argv) if _CONFIG_KEY.match(a)), len(argv))
+    args = get_parser().parse_args(argv[:split])
+    args.opts = list(args.opts) + argv[split:]
+    return args
+
+
 def _error(args, e: Exception, prefix: str = "") -> int:
     if args.verbose:
         traceback.print_exc()
@@ -100,13 +133,21 @@ def _error(args, e: Exception, prefix: str = "") -> int:
 
 
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    args = parse_args(argv)
     if not args.verbose:
         # TracerWarnings and the deprecation notices of torch.jit / torch.onnx.
         warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.INFO, format="[export_model] %(message)s")
-    what = f"{args.export_method} -> {args.format}"
+    method = "torch.export" if args.format in PROGRAM_FORMATS else args.export_method
+    what = f"{method} -> {args.format}"
     try:
+        for p in ([args.sample_image] if args.sample_image else []) + list(args.check_images):
+            if not os.path.isfile(p):
+                raise FileNotFoundError(
+                    f"image {p!r} does not exist (--sample-image / --check-images); give "
+                    "existing image files, and config overrides as KEY VALUE pairs "
+                    "(e.g. MODEL.WEIGHTS w.pth)"
+                )
         cfg = load_plugin_config(args.config_file, args.opts)
         message = fall_back_to_cpu(cfg)
         if message:
@@ -118,6 +159,7 @@ def main(argv=None) -> int:
         else:
             logger.warning("MODEL.WEIGHTS is empty: exporting randomly initialised weights.")
         image = load_image(cfg, args.sample_image)
+        check_images = [(p, load_image(cfg, p)) for p in args.check_images]
         start = time.perf_counter()
         path, run_exported, info = export_to_folder(
             model,
@@ -134,14 +176,10 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, KeyError) as e:  # bad config keys/values, missing files
         return _error(args, e, f"{type(e).__name__}: ")
 
-    info.update(
-        {"export_method": args.export_method, "format": args.format, "file": os.path.basename(path)}
-    )
+    info.update({"export_method": method, "format": args.format, "file": os.path.basename(path)})
     status = 0
     if args.check:
-        images = [(args.sample_image or "random image", image)] + [
-            (p, load_image(cfg, p)) for p in args.check_images
-        ]
+        images = [(args.sample_image or "random image", image)] + check_images
         try:
             info["check"] = check_exported(model, run_exported, images, args.tolerance)
         except ExportError as e:
@@ -154,8 +192,13 @@ def main(argv=None) -> int:
                 f"with eager mode: {result['matched']}/{result['num_eager']} detections matched "
                 f"(exported: {result['num_exported']}, ties at the cut: {result['ties_at_cut']}), "
                 f"max box diff {result['max_box_diff']:.2e} px, "
-                f"max score diff {result['max_score_diff']:.2e} "
-                f"(tolerance {args.tolerance:g})"
+                f"max score diff {result['max_score_diff']:.2e}"
+                + "".join(
+                    f", {k.replace('_', ' ')} {result[k]:.4g}"
+                    for k in ("min_mask_iou", "max_keypoint_diff")
+                    if k in result
+                )
+                + f" (tolerance {args.tolerance:g})"
             )
             status = status or (0 if result["ok"] else 3)
     with open(os.path.join(args.output, "export.json"), "w") as f:

@@ -14,11 +14,21 @@ before the final rescale to the original image size, as Detectron2's exported mo
   ``pred_boxes, pred_classes, pred_levels, scores, image_size``; ``image_size`` is (H, W).
 
 Rescale to the original image with ``detectron2.modeling.postprocessing.detector_postprocess``.
+
+``torch.export`` (the recommended path; TorchScript is deprecated in torch): :func:`export_program`
+gives an ``ExportedProgram`` of the two-stage detectors (Faster, Mask, Keypoint R-CNN, with the
+plugin's or Detectron2's RoI heads) that takes the image (3, H, W) of any height and width and
+returns the tuple of tensors named by its ``output_names`` (the fields above, sorted, plus
+``pred_masks`` (R, 1, M, M) and ``pred_keypoints`` (R, K, 3) / ``pred_keypoint_heatmaps`` as
+applicable); :func:`save_program` writes it as ``.pt2``, :func:`compile_aoti` as an AOTInductor
+package, and :class:`ExportedDetector` loads either with its input checked. See docs/export.md.
 """
 
+from .artefacts import ExportedDetector, compile_aoti, save_program
 from .common import ExportError, eager_detections
 from .compare import compare_detections
 from .onnx import DEFAULT_OPSET, export_onnx, run_onnx
+from .program import ExportableRCNN, export_program
 from .torchscript import (
     SCRIPTING_FIELDS,
     export_scripting,
@@ -39,4 +49,9 @@ __all__ = [
     "run_traced",
     "run_onnx",
     "compare_detections",
+    "ExportableRCNN",
+    "export_program",
+    "save_program",
+    "compile_aoti",
+    "ExportedDetector",
 ]

@@ -1,12 +1,19 @@
 """What tools/export_model.py does with an exported model: write it to a folder, load it back,
 and check its detections against the eager model's.
 
+Formats: ``torchscript`` (scripting or tracing), ``onnx`` (tracing, legacy exporter; the dynamo
+exporter from the ``torch.export`` program when :mod:`fpn_plugin.export.onnx_dynamo` is present),
+``pt2`` (``torch.export`` program, ``model.pt2``) and ``aoti`` (AOTInductor package for the CPU,
+``model_aoti.pt2``).
+
 The model given is the one the tools run (``FPNTrainer.build_model``: with the execution
 strategies of ``MODEL.ACCEL``); each export path exports the plain computation (scripting drops
 the strategies from its copy, tracing runs while they step aside), so the check compares the
 model as it runs eagerly with the file as it was written.
 """
 
+import importlib
+import importlib.util
 import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -17,15 +24,19 @@ from detectron2.config import CfgNode
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import GeneralizedRCNN
 
+from .artefacts import ExportedDetector, compile_aoti, save_program
 from .common import ExportError, eager_detections
 from .compare import compare_detections
 from .onnx import DEFAULT_OPSET, export_onnx, run_onnx
+from .program import export_program
 from .torchscript import export_scripting, export_tracing, run_scripted, run_traced
 
 __all__ = ["EXPORT_METHODS", "FORMATS", "load_image", "export_to_folder", "check_exported"]
 
 EXPORT_METHODS = ("scripting", "tracing")
-FORMATS = ("torchscript", "onnx")
+FORMATS = ("torchscript", "onnx", "pt2", "aoti")
+#: Formats that go through torch.export (the export method does not apply).
+PROGRAM_FORMATS = ("pt2", "aoti")
 
 #: image (3, H, W) -> the exported model's detections, as :func:`eager_detections` gives them.
 RunExported = Callable[[torch.Tensor], Dict[str, torch.Tensor]]
@@ -54,7 +65,9 @@ def export_to_folder(
     onnx_exporter: str = "legacy",
 ) -> Tuple[str, RunExported, dict]:
     """Exports ``model`` by ``method`` ("scripting" or "tracing", on the sample ``image`` (3, H, W))
-    to ``output/model.ts`` or ``output/model.onnx`` (``fmt``: "torchscript" or "onnx").
+    to ``output/model.ts`` or ``output/model.onnx`` (``fmt``: "torchscript" or "onnx"), or by
+    ``torch.export`` (``method`` ignored) to ``output/model.pt2`` ("pt2") or
+    ``output/model_aoti.pt2`` ("aoti").
 
     Returns the file's path, a function that runs the file loaded back on an image, and what
     ``export.json`` records about its inputs and outputs. ``ExportError`` for a path that cannot
@@ -65,6 +78,17 @@ def export_to_folder(
             f"export method {method!r} / format {fmt!r}: use one of {EXPORT_METHODS} / {FORMATS}."
         )
     os.makedirs(output, exist_ok=True)
+    if fmt in PROGRAM_FORMATS:
+        program, info = export_program(model, image)
+        path = os.path.join(output, "model.pt2" if fmt == "pt2" else "model_aoti.pt2")
+        if fmt == "pt2":
+            save_program(program, path, info)
+        else:
+            compile_aoti(program, path, info)
+        loaded = ExportedDetector(path)
+        return path, loaded, dict(info, input_names=["image"])
+    if fmt == "onnx" and onnx_exporter == "dynamo" and _onnx_dynamo() is not None:
+        return _export_onnx_dynamo(_onnx_dynamo(), model, image, output)
     if fmt == "onnx":
         if method == "scripting":
             raise ExportError(
@@ -99,6 +123,27 @@ def export_to_folder(
         lambda img: run_traced(loaded, img, names),
         {"input_names": ["image"], "output_names": names},
     )
+
+
+def _onnx_dynamo():
+    """:mod:`fpn_plugin.export.onnx_dynamo` (ONNX from the torch.export program), or None where
+    it is not there."""
+    if importlib.util.find_spec(f"{__package__}.onnx_dynamo") is None:
+        return None
+    return importlib.import_module(f"{__package__}.onnx_dynamo")
+
+
+def _export_onnx_dynamo(module, model, image, output):
+    program, info = export_program(model, image)
+    names = info["output_names"]
+    path = os.path.join(output, "model.onnx")
+    module.export_onnx_dynamo(program, path, ["image"], names)
+
+    def run(img):
+        outputs = module.run_onnx_dynamo(path, img)
+        return dict(outputs) if isinstance(outputs, dict) else dict(zip(names, outputs))
+
+    return path, run, dict(info, input_names=["image"], onnx_exporter="dynamo")
 
 
 def check_exported(
