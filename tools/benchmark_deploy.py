@@ -119,35 +119,46 @@ def plugin_model(cfg, state_dict, opts=()):
 
 
 def export_missing(args, model, image):
-    """Export the artefacts not given on the command line into ``--export-dir``."""
+    """Export the artefacts not given on the command line into ``--export-dir``: each from a
+    program of its own (a program traced again, by ONNX or AOTInductor, cannot be traced a second
+    time in the same process: fpn_plugin/export/onnx_dynamo.py)."""
     from detectron2.modeling.meta_arch.retinanet import RetinaNet
 
-    if not isinstance(model, RetinaNet):
-        try:
-            from fpn_plugin.export import program as two_stage  # noqa: F401
-        except ImportError:
-            print(
-                "note: --export-dir: this installation has no export of two-stage detectors "
-                "(fpn_plugin.export.program); pass --pt2 / --aoti / --onnx"
-            )
-            return
-        print("note: --export-dir: export the two-stage detector with tools/export_model.py")
-        return
-    from fpn_plugin.export.retinanet import export_retinanet, save_retinanet_onnx
+    from fpn_plugin.export import ExportError, compile_aoti, save_program
+    from fpn_plugin.export.onnx_dynamo import export_onnx_dynamo
+    from fpn_plugin.export.program import export_program
+    from fpn_plugin.export.retinanet import OUTPUT_NAMES, export_retinanet
+
+    retinanet = isinstance(model, RetinaNet)
+
+    def program():
+        """(program, its description); RetinaNet's records only its output names."""
+        if retinanet:
+            return export_retinanet(model, image), {"output_names": list(OUTPUT_NAMES)}
+        return export_program(model, image)
 
     os.makedirs(args.export_dir, exist_ok=True)
-    # One program per artefact: a program traced again (ONNX, AOTInductor) cannot be traced a
-    # second time in the same process (fpn_plugin/export/onnx_dynamo.py, "Known limit").
     if not args.pt2:
         args.pt2 = os.path.join(args.export_dir, "model.pt2")
-        torch.export.save(export_retinanet(model, image), args.pt2)
+        prog, info = program()
+        if retinanet:
+            torch.export.save(prog, args.pt2)
+        else:
+            save_program(prog, args.pt2, info)
     if not args.onnx:
+        prog, info = program()
         path = os.path.join(args.export_dir, "model.onnx")
-        args.onnx = save_retinanet_onnx(export_retinanet(model, image), path)
+        try:
+            args.onnx = export_onnx_dynamo(prog, path, ["image"], info["output_names"])
+        except ExportError as e:
+            print(f"note: ONNX not timed: {e}")
     if not args.aoti:
-        args.aoti = torch._inductor.aoti_compile_and_package(
-            export_retinanet(model, image),
-            package_path=os.path.join(args.export_dir, "model_aoti.pt2"),
+        path = os.path.join(args.export_dir, "model_aoti.pt2")
+        prog, info = program()
+        args.aoti = (
+            torch._inductor.aoti_compile_and_package(prog, package_path=path)
+            if retinanet
+            else compile_aoti(prog, path, info)
         )
 
 

@@ -58,21 +58,45 @@ def eager_runner(model: nn.Module) -> Runner:
     raise TypeError(f"model: a GeneralizedRCNN or RetinaNet, got {type(model).__name__}")
 
 
-def _first_three(outputs) -> Detections:
-    boxes, scores, classes = tuple(outputs)[:3]
-    return boxes, scores, classes
+#: Output names of boxes, scores and classes: the two-stage programs' (fields of Instances, in
+#: sorted order, fpn_plugin.export.program) and RetinaNet's (fpn_plugin.export.retinanet).
+_NAMES = (("pred_boxes", "scores", "pred_classes"), ("boxes", "scores", "classes"))
+
+
+def _picker(names: Optional[Sequence[str]]) -> Callable[[Sequence[torch.Tensor]], Detections]:
+    """outputs -> (boxes, scores, classes), by the artefact's output names when it records them,
+    else its first three outputs."""
+    names = list(names or ())
+    for wanted in _NAMES:
+        if all(n in names for n in wanted):
+            index = [names.index(n) for n in wanted]
+            return lambda outputs: tuple(tuple(outputs)[i] for i in index)
+    return lambda outputs: tuple(tuple(outputs)[:3])
+
+
+def _pt2_names(path: str) -> Optional[List[str]]:
+    """The output names a ``.pt2`` program or AOTInductor package of :mod:`fpn_plugin.export`
+    records, or None (e.g. RetinaNet's, which records none)."""
+    from fpn_plugin.export import ExportedDetector
+
+    try:
+        return ExportedDetector(path).output_names
+    except ValueError:
+        return None
 
 
 def pt2_runner(path_or_module) -> Runner:
-    """A ``torch.export.save``-d program whose first three outputs are boxes, scores, classes
-    (its path, or the module of the loaded program: ``torch.export.load(path).module()``)."""
-    module = path_or_module
+    """A ``torch.export.save``-d program (its path, or the module of the loaded program:
+    ``torch.export.load(path).module()``); boxes, scores and classes are found by the output
+    names the file records, else they are its first three outputs."""
+    module, pick = path_or_module, _picker(None)
     if isinstance(module, str):
+        pick = _picker(_pt2_names(module))
         module = torch.export.load(module).module()
 
     def run(image):
         with torch.no_grad():
-            return _first_three(module(image))
+            return pick(module(image))
 
     return run
 
@@ -80,10 +104,11 @@ def pt2_runner(path_or_module) -> Runner:
 def aoti_runner(path: str) -> Runner:
     """An AOTInductor package (``torch._inductor.aoti_compile_and_package``) of such a program."""
     compiled = torch._inductor.aoti_load_package(path)
+    pick = _picker(_pt2_names(path))
 
     def run(image):
         with torch.no_grad():
-            return _first_three(compiled(image))
+            return pick(compiled(image))
 
     return run
 
@@ -93,9 +118,10 @@ def onnx_runner(path: str, threads: Optional[int] = None) -> Runner:
     from fpn_plugin.export.onnx_dynamo import onnx_session, run_onnx_dynamo
 
     session = onnx_session(path, threads)
+    pick = _picker([o.name for o in session.get_outputs()])
 
     def run(image):
-        return _first_three(run_onnx_dynamo(session, image))
+        return pick(run_onnx_dynamo(session, image))
 
     return run
 
