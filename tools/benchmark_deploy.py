@@ -60,6 +60,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--images", nargs="+", default=None, help="photos, resized like DefaultPredictor"
     )
+    p.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated artefacts neither exported nor timed, of compile,pt2,onnx,aoti",
+    )
     p.add_argument("--size", default="800x1333", help="HxW of the generated image (no --images)")
     p.add_argument("--reps", type=int, default=3, help="timed passes (median)")
     p.add_argument("--warmup", type=int, default=1, help="untimed passes")
@@ -138,21 +143,21 @@ def export_missing(args, model, image):
         return export_program(model, image)
 
     os.makedirs(args.export_dir, exist_ok=True)
-    if not args.pt2:
+    if not args.pt2 and "pt2" not in args.skip:
         args.pt2 = os.path.join(args.export_dir, "model.pt2")
         prog, info = program()
         if retinanet:
             torch.export.save(prog, args.pt2)
         else:
             save_program(prog, args.pt2, info)
-    if not args.onnx:
+    if not args.onnx and "onnx" not in args.skip:
         prog, info = program()
         path = os.path.join(args.export_dir, "model.onnx")
         try:
             args.onnx = export_onnx_dynamo(prog, path, ["image"], info["output_names"])
         except ExportError as e:
             print(f"note: ONNX not timed: {e}")
-    if not args.aoti:
+    if not args.aoti and "aoti" not in args.skip:
         path = os.path.join(args.export_dir, "model_aoti.pt2")
         prog, info = program()
         args.aoti = (
@@ -163,7 +168,12 @@ def export_missing(args, model, image):
 
 
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    args.skip = [a for a in args.skip.split(",") if a]
+    unknown = sorted(set(args.skip) - {"compile", "pt2", "onnx", "aoti"})
+    if unknown:
+        parser.error(f"--skip: unknown {unknown}; use some of compile,pt2,onnx,aoti")
     torch.set_num_threads(args.threads)
     ref, cfg = build(args)
     images = _images(args, cfg)
@@ -173,7 +183,9 @@ def main(argv=None) -> int:
     state = ref.state_dict() if ref is not None else None
     ours = plugin_model(cfg, state)
     runners["plugin eager (MODEL.ACCEL)"] = deploy.eager_runner(ours)
-    if "COMPILE" in cfg.MODEL.ACCEL:
+    if "compile" in args.skip:
+        print("note: --skip compile: MODEL.ACCEL.COMPILE not timed")
+    elif "COMPILE" in cfg.MODEL.ACCEL:
         compiled = plugin_model(cfg, state, ["MODEL.ACCEL.COMPILE", True])
         runners["plugin MODEL.ACCEL.COMPILE"] = deploy.eager_runner(compiled)
     else:

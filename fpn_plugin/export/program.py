@@ -453,6 +453,8 @@ def export_program(
         g = torch.Generator().manual_seed(0)
         image = torch.rand(wrapper.in_channels, 4 * div, 5 * div, generator=g) * 255
     check_image(image, wrapper.in_channels)
+    # A view (a crop of a larger image) would make the program guard on its parent's size.
+    image = image.contiguous()
     height, width = image_dims()
     try:
         with torch.no_grad():
