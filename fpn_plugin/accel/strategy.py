@@ -68,7 +68,9 @@ class Strategy:
 
 class ScriptsPlainCopy(Strategy):
     """On a module above a strategy (:func:`mark_ancestors`): changes nothing but scripting, which
-    compiles a plain deep copy (see the module doc)."""
+    compiles a plain deep copy (see the module doc). Its combined class keeps the plain class's
+    name (``type(model).__name__`` is still e.g. ``GeneralizedRCNN``): the user's detector itself
+    gets it, and code that looks at that name must see no difference."""
 
     def _get_name(self) -> str:
         return plain_class(type(self)).__name__  # printed as the plain module
@@ -77,8 +79,12 @@ class ScriptsPlainCopy(Strategy):
 def _combined_class(strategy: type, cls: type) -> type:
     combined = _COMBINED.get((strategy, cls))
     if combined is None:
-        name = strategy.__name__ + plain_class(cls).__name__
-        combined = type(name, (strategy, cls), {"__module__": strategy.__module__})
+        plain = plain_class(cls)
+        if strategy is ScriptsPlainCopy:
+            name, module = plain.__name__, plain.__module__
+        else:
+            name, module = strategy.__name__ + plain.__name__, strategy.__module__
+        combined = type(name, (strategy, cls), {"__module__": module, "__qualname__": name})
         _COMBINED[(strategy, cls)] = combined
         _PARTS[combined] = (strategy, cls)
     return combined
