@@ -20,7 +20,7 @@ test:
 	$(PYTHON) -m pip install -q --no-build-isolation -e ".[test,lint]"
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m ruff check .
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile tests
 
 # --- The GPU check (docs/gpu.md) --------------------------------------------------------------
 #   make gpu-wheels   (a machine with PyPI) puts in .whl/ the wheels, for Python 3.12 on x86-64
