@@ -23,7 +23,7 @@ import torch
 from detectron2.modeling import build_model
 
 import fpn_plugin  # noqa: F401  (registers the components)
-from fpn_plugin.benchmark.workload import make_trained_like
+from fpn_plugin.utils.testing import make_trained_like
 from fpn_plugin.export import (
     ExportedDetector,
     ExportError,
