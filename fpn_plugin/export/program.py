@@ -79,13 +79,15 @@ def _batched_nms(
         keep_vanilla = keep_vanilla.index_fill(0, inds[kept], True)
     # One NMS of boxes moved apart by group (torchvision's _batched_nms_coordinate_trick).
     # boxes.max(), defined for no boxes too (the boxes are clipped: coordinates >= 0).
-    max_coordinate = torch.cat((boxes.flatten(), boxes.new_zeros(1))).amax()
+    max_coordinate = torch.cat((boxes.flatten(), boxes.new_zeros(1))).amax(dim=0)
     offsets = idxs.to(boxes) * (max_coordinate + 1)
     kept = torch.ops.torchvision.nms(boxes + offsets[:, None], scores, iou)
     keep_trick = torch.zeros(n, dtype=torch.bool, device=boxes.device)
     keep_trick = keep_trick.index_fill(0, kept, True)
     use_vanilla = torch.full((), n * 4, dtype=torch.int64) > _VANILLA_NMS_NUMEL
-    keep = torch.nonzero(torch.where(use_vanilla, keep_vanilla, keep_trick)).flatten()
+    # A select of booleans by logical operators (ONNX Runtime has no Where on booleans).
+    keep = (use_vanilla & keep_vanilla) | (~use_vanilla & keep_trick)
+    keep = torch.nonzero(keep).flatten()
     order = torch.sort(scores[keep], descending=True, stable=True)[1]
     return keep[order]
 
