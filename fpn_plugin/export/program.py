@@ -7,8 +7,9 @@ the glue that ``torch.export`` cannot follow in Detectron2's inference: the loop
 ``Instances``, ``int()`` / ``.item()`` on tensors, the per-level and per-class ``nonzero``, NMS
 output sizes, the per-RoI keypoint heatmap resize. Sizes that depend on the data are unbacked
 symbols (the fake kernel of ``roi_align`` torchvision registers, and the exact one of ``nms`` in
-:mod:`fpn_plugin.export.fake_kernels`, give their output sizes). The same class exports Detectron2's own ``StandardROIHeads`` / ``ROIPooler`` models and the
-plugin's ``LevelMappingROIHeads``.
+:mod:`fpn_plugin.export.fake_kernels`, give their output sizes). The same class exports
+Detectron2's own ``StandardROIHeads`` / ``ROIPooler`` models and the plugin's
+``LevelMappingROIHeads``.
 
 Program input: one image (3, H, W) float32, in ``INPUT.FORMAT``, resized as ``DefaultPredictor``
 does; any height and width (padded inside the program as Detectron2 pads). Outputs: a tuple of

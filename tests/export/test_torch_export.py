@@ -23,7 +23,6 @@ import torch
 from detectron2.modeling import build_model
 
 import fpn_plugin  # noqa: F401  (registers the components)
-from fpn_plugin.utils.testing import make_trained_like
 from fpn_plugin.export import (
     ExportedDetector,
     ExportError,
@@ -33,6 +32,7 @@ from fpn_plugin.export import (
     export_program,
     save_program,
 )
+from fpn_plugin.utils.testing import make_trained_like
 from tests.conftest import REPO, load_tool, plugin_cfg
 from tests.export.test_export import _image
 
