@@ -1,8 +1,8 @@
 """What tools/export_model.py does with an exported model: write it to a folder, load it back,
 and check its detections against the eager model's.
 
-Formats: ``torchscript`` (scripting or tracing), ``onnx`` (tracing, legacy exporter; the dynamo
-exporter from the ``torch.export`` program when :mod:`fpn_plugin.export.onnx_dynamo` is present),
+Formats: ``torchscript`` (scripting or tracing), ``onnx`` (tracing and the legacy exporter, or
+the dynamo exporter from the ``torch.export`` program, :mod:`fpn_plugin.export.onnx_dynamo`),
 ``pt2`` (``torch.export`` program, ``model.pt2``) and ``aoti`` (AOTInductor package for the CPU,
 ``model_aoti.pt2``).
 
@@ -12,8 +12,6 @@ the strategies from its copy, tracing runs while they step aside), so the check 
 model as it runs eagerly with the file as it was written.
 """
 
-import importlib
-import importlib.util
 import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -28,6 +26,7 @@ from .artefacts import ExportedDetector, compile_aoti, save_program
 from .common import ExportError, eager_detections
 from .compare import compare_detections
 from .onnx import DEFAULT_OPSET, export_onnx, run_onnx
+from .onnx_dynamo import DYNAMO_OPSET, export_onnx_dynamo, onnx_session, run_onnx_dynamo
 from .program import export_program
 from .torchscript import export_scripting, export_tracing, run_scripted, run_traced
 
@@ -61,7 +60,7 @@ def export_to_folder(
     output: str,
     method: str = "tracing",
     fmt: str = "torchscript",
-    opset: int = DEFAULT_OPSET,
+    opset: Optional[int] = None,
     onnx_exporter: str = "legacy",
 ) -> Tuple[str, RunExported, dict]:
     """Exports ``model`` by ``method`` ("scripting" or "tracing", on the sample ``image`` (3, H, W))
@@ -87,9 +86,10 @@ def export_to_folder(
             compile_aoti(program, path, info)
         loaded = ExportedDetector(path)
         return path, loaded, dict(info, input_names=["image"])
-    if fmt == "onnx" and onnx_exporter == "dynamo" and _onnx_dynamo() is not None:
-        return _export_onnx_dynamo(_onnx_dynamo(), model, image, output)
+    if fmt == "onnx" and onnx_exporter == "dynamo":
+        return _export_onnx_dynamo(model, image, output, opset or DYNAMO_OPSET)
     if fmt == "onnx":
+        opset = opset or DEFAULT_OPSET
         if method == "scripting":
             raise ExportError(
                 "ONNX export by scripting",
@@ -125,25 +125,18 @@ def export_to_folder(
     )
 
 
-def _onnx_dynamo():
-    """:mod:`fpn_plugin.export.onnx_dynamo` (ONNX from the torch.export program), or None where
-    it is not there."""
-    if importlib.util.find_spec(f"{__package__}.onnx_dynamo") is None:
-        return None
-    return importlib.import_module(f"{__package__}.onnx_dynamo")
-
-
-def _export_onnx_dynamo(module, model, image, output):
+def _export_onnx_dynamo(model, image, output, opset):
+    """``output/model.onnx`` of the ``torch.export`` program (dynamo exporter, ``opset``)."""
     program, info = export_program(model, image)
     names = info["output_names"]
     path = os.path.join(output, "model.onnx")
-    module.export_onnx_dynamo(program, path, ["image"], names)
+    export_onnx_dynamo(program, path, ["image"], names, opset=opset)
+    session = onnx_session(path)
 
     def run(img):
-        outputs = module.run_onnx_dynamo(path, img)
-        return dict(outputs) if isinstance(outputs, dict) else dict(zip(names, outputs))
+        return dict(zip(names, run_onnx_dynamo(session, img)))
 
-    return path, run, dict(info, input_names=["image"], onnx_exporter="dynamo")
+    return path, run, dict(info, input_names=["image"], onnx_exporter="dynamo", opset=opset)
 
 
 def check_exported(
