@@ -43,7 +43,15 @@ def compile_aoti(program: torch.export.ExportedProgram, path: str, info: dict) -
         return torch._inductor.aoti_compile_and_package(
             program,
             package_path=path,
-            inductor_configs={"aot_inductor.metadata": {INFO_KEY: json.dumps(info)}},
+            inductor_configs={
+                "aot_inductor.metadata": {INFO_KEY: json.dumps(info)},
+                # Inductor's layout optimisation stores convolution weights channels-last; ATen's
+                # convolution then returns channels-last results, while Inductor plans contiguous
+                # ones for a convolution over a data-dependent number of RoIs (the box, mask and
+                # keypoint heads), and the fused batch norm / ReLU after it reads the wrong
+                # elements. Without it the package's results are eager mode's.
+                "layout_optimization": False,
+            },
         )
     except Exception as e:
         raise ExportError("AOTInductor", first_line(e), "--format pt2 (torch.export.load)") from e
