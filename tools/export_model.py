@@ -20,7 +20,9 @@ minutes). Both take any image size; ``--export-method`` does not apply to them.
 ``--export-method scripting`` (``torch.jit.script``, any image size, TorchScript only) or
 ``tracing`` (``torch.jit.trace`` through Detectron2's ``TracingAdapter`` on the sample image;
 image sizes stay dynamic). ``--format onnx`` goes through tracing, with the legacy
-TorchScript-based exporter by default (``--onnx-exporter dynamo`` tries ``torch.export``).
+TorchScript-based exporter by default; ``--onnx-exporter dynamo`` converts the ``torch.export``
+program instead (``torch.onnx.export(..., dynamo=True)``, opset 18; ``--export-method`` does not
+apply), for the two-stage detectors.
 
 The model is built as tools/train_net.py builds it (``FPNTrainer.build_model``: the execution
 strategies of ``MODEL.ACCEL`` applied); the exported file holds the plain computation.
@@ -51,6 +53,7 @@ import tool_startup  # noqa: F401  (first: Detectron2 without the TorchScript wa
 from fpn_plugin.config import fall_back_to_cpu
 from fpn_plugin.engine import FPNCheckpointer, FPNTrainer, load_plugin_config
 from fpn_plugin.export import DEFAULT_OPSET, ExportError
+from fpn_plugin.export.onnx_dynamo import DYNAMO_OPSET
 from fpn_plugin.export.to_folder import (
     EXPORT_METHODS,
     FORMATS,
@@ -99,7 +102,11 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--onnx-exporter", choices=["legacy", "dynamo"], default="legacy")
     parser.add_argument(
-        "--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (>= 16 for ROIAlignV2)"
+        "--opset",
+        type=int,
+        default=None,
+        help=f"ONNX opset (>= 16 for ROIAlignV2; default {DEFAULT_OPSET}, "
+        f"{DYNAMO_OPSET} with --onnx-exporter dynamo)",
     )
     parser.add_argument(
         "--verbose", action="store_true", help="show exporter warnings and full tracebacks"
@@ -138,7 +145,8 @@ def main(argv=None) -> int:
         # TracerWarnings and the deprecation notices of torch.jit / torch.onnx.
         warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.INFO, format="[export_model] %(message)s")
-    method = "torch.export" if args.format in PROGRAM_FORMATS else args.export_method
+    dynamo = args.format == "onnx" and args.onnx_exporter == "dynamo"
+    method = "torch.export" if args.format in PROGRAM_FORMATS or dynamo else args.export_method
     what = f"{method} -> {args.format}"
     try:
         for p in ([args.sample_image] if args.sample_image else []) + list(args.check_images):

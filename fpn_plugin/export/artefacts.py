@@ -18,6 +18,7 @@ import torch
 import torch._inductor
 
 from .common import ExportError, first_line
+from .fake_kernels import register_fake_kernels
 from .validate import check_image
 
 __all__ = ["INFO_FILE", "INFO_KEY", "save_program", "compile_aoti", "ExportedDetector"]
@@ -36,11 +37,21 @@ def save_program(program: torch.export.ExportedProgram, path: str, info: dict) -
 def compile_aoti(program: torch.export.ExportedProgram, path: str, info: dict) -> str:
     """AOTInductor package of ``program`` for the CPU at ``path`` (must end in ``.pt2``), with
     ``info`` in its metadata. Compiling takes minutes (C++ compiler)."""
+    # AOTInductor traces the program again: NMS's output size needs the exact kernel.
+    register_fake_kernels()
     try:
         return torch._inductor.aoti_compile_and_package(
             program,
             package_path=path,
-            inductor_configs={"aot_inductor.metadata": {INFO_KEY: json.dumps(info)}},
+            inductor_configs={
+                "aot_inductor.metadata": {INFO_KEY: json.dumps(info)},
+                # Inductor's layout optimisation stores convolution weights channels-last; ATen's
+                # convolution then returns channels-last results, while Inductor plans contiguous
+                # ones for a convolution over a data-dependent number of RoIs (the box, mask and
+                # keypoint heads), and the fused batch norm / ReLU after it reads the wrong
+                # elements. Without it the package's results are eager mode's.
+                "layout_optimization": False,
+            },
         )
     except Exception as e:
         raise ExportError("AOTInductor", first_line(e), "--format pt2 (torch.export.load)") from e

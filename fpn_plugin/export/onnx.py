@@ -27,7 +27,11 @@ def export_onnx(
     names.
 
     ``exporter``: "legacy" (``torch.onnx.export(dynamo=False)``, TorchScript-based tracing; works)
-    or "dynamo" (``torch.export``-based). Height and width are dynamic axes.
+    or "dynamo" (``torch.export`` of the traced adapter, which Detectron2's data-dependent shapes
+    stop; the two-stage detectors' ONNX through ``torch.export`` is
+    :func:`fpn_plugin.export.onnx_dynamo.export_onnx_dynamo` of
+    :func:`fpn_plugin.export.program.export_program`'s program). Height and width are dynamic
+    axes.
     """
     path = f"ONNX ({exporter} exporter)"
     check_model(model, path)
@@ -79,9 +83,12 @@ def export_onnx(
         reason = first_line(e)
         if exporter == "dynamo":
             # torch.export needs shapes it can reason about; Detectron2's image padding, proposal
-            # top-k and NMS produce data-dependent ones.
+            # top-k and NMS produce data-dependent ones (ExportableRCNN writes them for it).
             reason = f"torch.export cannot follow the detector's data-dependent shapes ({reason})"
-            instead = "--onnx-exporter legacy (TorchScript-based ONNX export, which works)"
+            instead = (
+                "export_onnx_dynamo of export_program's program (tools/export_model.py "
+                "--onnx-exporter dynamo), or exporter='legacy'"
+            )
         else:
             instead = "TorchScript tracing or scripting (--format torchscript)"
         raise ExportError(path, reason, instead) from e

@@ -79,6 +79,8 @@ def export_onnx_dynamo(
             f"the package {e.name!r} is not installed",
             "pip install onnx onnxscript onnxruntime (or: pip install -e '.[export]')",
         ) from e
+    table = {torch.ops.aten.sort.stable: _sort_stable}
+    table.update(custom_translation_table or {})
     try:
         onnx_program = torch.onnx.export(
             program,
@@ -86,7 +88,7 @@ def export_onnx_dynamo(
             input_names=list(input_names),
             output_names=list(output_names),
             opset_version=opset,
-            custom_translation_table=custom_translation_table,
+            custom_translation_table=table,
             optimize=optimize,
             verbose=False,
         )
@@ -94,6 +96,15 @@ def export_onnx_dynamo(
     except Exception as e:
         raise ExportError(_PATH, first_line(e), "the .pt2 program (torch.export.load)") from e
     return path
+
+
+def _sort_stable(self, *, stable=None, dim: int = -1, descending: bool = False):
+    """``aten::sort.stable`` (the sort of NMS's kept boxes by score) as ONNX ``TopK`` of all the
+    elements: ``TopK`` puts equal elements in index order, which is a stable sort."""
+    from onnxscript import opset18 as op
+
+    size = op.Reshape(op.Gather(op.Shape(self), dim, axis=0), op.Constant(value_ints=[1]))
+    return op.TopK(self, size, axis=dim, largest=descending, sorted=True)
 
 
 def onnx_session(path: str, threads: Optional[int] = None):

@@ -6,9 +6,10 @@ generator, box / mask / keypoint heads and predictors, RoI ops) and writes out i
 the glue that ``torch.export`` cannot follow in Detectron2's inference: the loops over
 ``Instances``, ``int()`` / ``.item()`` on tensors, the per-level and per-class ``nonzero``, NMS
 output sizes, the per-RoI keypoint heatmap resize. Sizes that depend on the data are unbacked
-symbols (the fake kernels torchvision registers for ``nms`` and ``roi_align`` give their output
-sizes). The same class exports Detectron2's own ``StandardROIHeads`` / ``ROIPooler`` models and the
-plugin's ``LevelMappingROIHeads``.
+symbols (the fake kernel of ``roi_align`` torchvision registers, and the exact one of ``nms`` in
+:mod:`fpn_plugin.export.fake_kernels`, give their output sizes). The same class exports
+Detectron2's own ``StandardROIHeads`` / ``ROIPooler`` models and the plugin's
+``LevelMappingROIHeads``.
 
 Program input: one image (3, H, W) float32, in ``INPUT.FORMAT``, resized as ``DefaultPredictor``
 does; any height and width (padded inside the program as Detectron2 pads). Outputs: a tuple of
@@ -37,6 +38,7 @@ from detectron2.modeling.roi_heads import StandardROIHeads
 
 from ..modeling.pooler import LevelMappingROIPooler
 from .common import ExportError, check_model, first_line, plain_copy
+from .fake_kernels import register_fake_kernels
 from .validate import check_image
 
 __all__ = [
@@ -62,24 +64,6 @@ MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 128, 4096
 # runtime assertion that fails on an image with a single box in a level or class).
 
 
-def _nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float) -> torch.Tensor:
-    """``torchvision.ops.nms``, exportable for any number of boxes kept.
-
-    torchvision's fake kernel of ``nms`` declares at least 2 boxes kept, and the program would
-    assert that at run time. Two boxes far outside any image, overlapping nothing and scored
-    lowest, are appended: they are always kept, last, and do not change which of the real boxes
-    are kept or their order; they are dropped from the result.
-    """
-    far = torch.tensor(
-        [[-4e4, -4e4, -4e4 + 1, -4e4 + 1], [-2e4, -2e4, -2e4 + 1, -2e4 + 1]],
-        dtype=boxes.dtype,
-        device=boxes.device,
-    )
-    lowest = torch.full((2,), float("-inf"), dtype=scores.dtype, device=scores.device)
-    kept = torch.ops.torchvision.nms(torch.cat((boxes, far)), torch.cat((scores, lowest)), iou)
-    return kept[:-2]
-
-
 def _batched_nms(
     boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, num_groups: int, iou: float
 ) -> torch.Tensor:
@@ -92,17 +76,19 @@ def _batched_nms(
     keep_vanilla = torch.zeros(n, dtype=torch.bool, device=boxes.device)
     for group in range(num_groups):
         inds = torch.nonzero(idxs == group).flatten()
-        kept = _nms(boxes[inds], scores[inds], iou)
+        kept = torch.ops.torchvision.nms(boxes[inds], scores[inds], iou)
         keep_vanilla = keep_vanilla.index_fill(0, inds[kept], True)
     # One NMS of boxes moved apart by group (torchvision's _batched_nms_coordinate_trick).
     # boxes.max(), defined for no boxes too (the boxes are clipped: coordinates >= 0).
-    max_coordinate = torch.cat((boxes.flatten(), boxes.new_zeros(1))).amax()
+    max_coordinate = torch.cat((boxes.flatten(), boxes.new_zeros(1))).amax(dim=0)
     offsets = idxs.to(boxes) * (max_coordinate + 1)
-    kept = _nms(boxes + offsets[:, None], scores, iou)
+    kept = torch.ops.torchvision.nms(boxes + offsets[:, None], scores, iou)
     keep_trick = torch.zeros(n, dtype=torch.bool, device=boxes.device)
     keep_trick = keep_trick.index_fill(0, kept, True)
     use_vanilla = torch.full((), n * 4, dtype=torch.int64) > _VANILLA_NMS_NUMEL
-    keep = torch.nonzero(torch.where(use_vanilla, keep_vanilla, keep_trick)).flatten()
+    # A select of booleans by logical operators (ONNX Runtime has no Where on booleans).
+    keep = (use_vanilla & keep_vanilla) | (~use_vanilla & keep_trick)
+    keep = torch.nonzero(keep).flatten()
     order = torch.sort(scores[keep], descending=True, stable=True)[1]
     return keep[order]
 
@@ -455,6 +441,8 @@ def export_program(
     check_image(image, wrapper.in_channels)
     # A view (a crop of a larger image) would make the program guard on its parent's size.
     image = image.contiguous()
+    # NMS keeps 0 <= K <= N boxes (torchvision's own fake kernel says K >= 2).
+    register_fake_kernels()
     height, width = image_dims()
     try:
         with torch.no_grad():

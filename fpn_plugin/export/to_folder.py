@@ -1,8 +1,8 @@
 """What tools/export_model.py does with an exported model: write it to a folder, load it back,
 and check its detections against the eager model's.
 
-Formats: ``torchscript`` (scripting or tracing), ``onnx`` (tracing, legacy exporter; the dynamo
-exporter from the ``torch.export`` program when :mod:`fpn_plugin.export.onnx_dynamo` is present),
+Formats: ``torchscript`` (scripting or tracing), ``onnx`` (tracing and the legacy exporter, or
+the dynamo exporter from the ``torch.export`` program, :mod:`fpn_plugin.export.onnx_dynamo`),
 ``pt2`` (``torch.export`` program, ``model.pt2``) and ``aoti`` (AOTInductor package for the CPU,
 ``model_aoti.pt2``).
 
@@ -12,8 +12,6 @@ the strategies from its copy, tracing runs while they step aside), so the check 
 model as it runs eagerly with the file as it was written.
 """
 
-import importlib
-import importlib.util
 import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -23,12 +21,16 @@ import detectron2.data.transforms as T
 from detectron2.config import CfgNode
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import GeneralizedRCNN
+from detectron2.modeling.meta_arch.retinanet import RetinaNet
 
 from .artefacts import ExportedDetector, compile_aoti, save_program
 from .common import ExportError, eager_detections
 from .compare import compare_detections
 from .onnx import DEFAULT_OPSET, export_onnx, run_onnx
-from .program import export_program
+from .onnx_dynamo import DYNAMO_OPSET, export_onnx_dynamo, onnx_session, run_onnx_dynamo
+from .program import MAX_IMAGE_SIZE, export_program
+from .retinanet import OUTPUT_NAMES as RETINANET_OUTPUTS
+from .retinanet import export_retinanet, retinanet_detections
 from .torchscript import export_scripting, export_tracing, run_scripted, run_traced
 
 __all__ = ["EXPORT_METHODS", "FORMATS", "load_image", "export_to_folder", "check_exported"]
@@ -61,7 +63,7 @@ def export_to_folder(
     output: str,
     method: str = "tracing",
     fmt: str = "torchscript",
-    opset: int = DEFAULT_OPSET,
+    opset: Optional[int] = None,
     onnx_exporter: str = "legacy",
 ) -> Tuple[str, RunExported, dict]:
     """Exports ``model`` by ``method`` ("scripting" or "tracing", on the sample ``image`` (3, H, W))
@@ -79,7 +81,7 @@ def export_to_folder(
         )
     os.makedirs(output, exist_ok=True)
     if fmt in PROGRAM_FORMATS:
-        program, info = export_program(model, image)
+        program, info = _export_program(model, image)
         path = os.path.join(output, "model.pt2" if fmt == "pt2" else "model_aoti.pt2")
         if fmt == "pt2":
             save_program(program, path, info)
@@ -87,9 +89,10 @@ def export_to_folder(
             compile_aoti(program, path, info)
         loaded = ExportedDetector(path)
         return path, loaded, dict(info, input_names=["image"])
-    if fmt == "onnx" and onnx_exporter == "dynamo" and _onnx_dynamo() is not None:
-        return _export_onnx_dynamo(_onnx_dynamo(), model, image, output)
+    if fmt == "onnx" and onnx_exporter == "dynamo":
+        return _export_onnx_dynamo(model, image, output, opset or DYNAMO_OPSET)
     if fmt == "onnx":
+        opset = opset or DEFAULT_OPSET
         if method == "scripting":
             raise ExportError(
                 "ONNX export by scripting",
@@ -125,25 +128,41 @@ def export_to_folder(
     )
 
 
-def _onnx_dynamo():
-    """:mod:`fpn_plugin.export.onnx_dynamo` (ONNX from the torch.export program), or None where
-    it is not there."""
-    if importlib.util.find_spec(f"{__package__}.onnx_dynamo") is None:
-        return None
-    return importlib.import_module(f"{__package__}.onnx_dynamo")
+#: The RetinaNet program's outputs under the names of the two-stage detectors' fields.
+_RETINANET_FIELDS = {"boxes": "pred_boxes", "scores": "scores", "classes": "pred_classes"}
 
 
-def _export_onnx_dynamo(module, model, image, output):
-    program, info = export_program(model, image)
+def _export_program(model, image):
+    """The ``torch.export`` program of a two-stage detector (:func:`export_program`) or a
+    RetinaNet (:func:`export_retinanet`), and its description (:func:`program_info`'s keys)."""
+    if not isinstance(model, RetinaNet):
+        return export_program(model, image)
+    program = export_retinanet(model, image)
+    # export_retinanet's smallest size: every level at least 2 x 2 cells.
+    min_size = max(s.stride for s in model.backbone.output_shape().values()) + 1
+    info = {
+        "output_names": [_RETINANET_FIELDS[n] for n in RETINANET_OUTPUTS],
+        "in_channels": 3,
+        "min_size": min_size,
+        "max_size": MAX_IMAGE_SIZE,
+        "size_divisibility": max(1, model.backbone.size_divisibility),
+        "input": "image (3, H, W) float32, INPUT.FORMAT, resized as DefaultPredictor does",
+    }
+    return program, info
+
+
+def _export_onnx_dynamo(model, image, output, opset):
+    """``output/model.onnx`` of the ``torch.export`` program (dynamo exporter, ``opset``)."""
+    program, info = _export_program(model, image)
     names = info["output_names"]
     path = os.path.join(output, "model.onnx")
-    module.export_onnx_dynamo(program, path, ["image"], names)
+    export_onnx_dynamo(program, path, ["image"], names, opset=opset)
+    session = onnx_session(path)
 
     def run(img):
-        outputs = module.run_onnx_dynamo(path, img)
-        return dict(outputs) if isinstance(outputs, dict) else dict(zip(names, outputs))
+        return dict(zip(names, run_onnx_dynamo(session, img)))
 
-    return path, run, dict(info, input_names=["image"], onnx_exporter="dynamo")
+    return path, run, dict(info, input_names=["image"], onnx_exporter="dynamo", opset=opset)
 
 
 def check_exported(
@@ -155,9 +174,10 @@ def check_exported(
     """For each (name, (3, H, W) image): :func:`compare_detections` of the eager model's and the
     exported model's detections to ``tolerance`` (pixels for boxes, absolute for scores), with the
     image's ``name`` and ``size`` [H, W] added."""
+    eager = retinanet_detections if isinstance(model, RetinaNet) else eager_detections
     checks = []
     for name, image in images:
-        result = compare_detections(eager_detections(model, image), run_exported(image), tolerance)
+        result = compare_detections(eager(model, image), run_exported(image), tolerance)
         result.update({"image": name, "size": list(image.shape[1:])})
         checks.append(result)
     return checks

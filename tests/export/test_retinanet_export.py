@@ -141,3 +141,45 @@ def test_detectron2s_own_retinanet_exports(images):
     for img in images:
         with torch.no_grad():
             _assert_agrees(retinanet_detections(d2_model, img), exported(img))
+
+
+def _png(img, path):
+    from PIL import Image
+
+    bgr = img.permute(1, 2, 0).round().byte().numpy()
+    Image.fromarray(bgr[:, :, ::-1].copy()).save(path)
+    return str(path)
+
+
+def test_tool_exports_retinanet_pt2_and_checks_it(model, program, tmp_path, monkeypatch):
+    """tools/export_model.py --format pt2 --check on a RetinaNet config: the model goes through
+    export_retinanet (the program exported above from the same weights stands in for a new
+    export) and the saved program agrees with the tool's own eager model on two image files of
+    other sizes."""
+    import json
+    import os
+
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    import fpn_plugin.export.to_folder as to_folder
+    from tests.conftest import REPO, load_tool
+
+    monkeypatch.setattr(to_folder, "export_retinanet", lambda m, img: program)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("w")
+    a = _png(image(300, 410, 1), tmp_path / "a.png")
+    b = _png(image(480, 352, 2), tmp_path / "b.png")
+    out = tmp_path / "out"
+    config = os.path.join(REPO, "configs", "quickstart_retinanet.yaml")
+    argv = ["--config-file", config, "--format", "pt2", "--output", str(out), "--check"]
+    argv += ["--sample-image", a, "--check-images", b, "--tolerance", "1e-3"]
+    argv += ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(tmp_path / "w.pth")]
+    argv += ["INPUT.MIN_SIZE_TEST", "0"]
+    assert load_tool("export_model.py").main(argv) == 0
+    info = json.loads((out / "export.json").read_text())
+    assert info["export_method"] == "torch.export" and info["file"] == "model.pt2"
+    assert info["output_names"] == ["pred_boxes", "scores", "pred_classes"]
+    assert [c["size"] for c in info["check"]] == [[300, 410], [480, 352]]
+    for check in info["check"]:
+        assert check["ok"] == 1.0 and check["num_eager"] >= 20, check
+        assert check["matched"] == check["num_eager"] == check["num_exported"], check
+        assert check["max_box_diff"] <= BOX_TOL and check["max_score_diff"] <= SCORE_TOL, check
