@@ -124,47 +124,28 @@ def plugin_model(cfg, state_dict, opts=()):
 
 
 def export_missing(args, model, image):
-    """Export the artefacts not given on the command line into ``--export-dir``: each from a
-    program of its own (a program traced again, by ONNX or AOTInductor, cannot be traced a second
-    time in the same process: fpn_plugin/export/onnx_dynamo.py)."""
-    from detectron2.modeling.meta_arch.retinanet import RetinaNet
-
+    """Export the artefacts not given on the command line into ``--export-dir``, as
+    tools/export_model.py does: each from a program of its own (a program traced again, by ONNX
+    or AOTInductor, cannot be traced a second time in the same process)."""
     from fpn_plugin.export import ExportError, compile_aoti, save_program
     from fpn_plugin.export.onnx_dynamo import export_onnx_dynamo
-    from fpn_plugin.export.program import export_program
-    from fpn_plugin.export.retinanet import OUTPUT_NAMES, export_retinanet
-
-    retinanet = isinstance(model, RetinaNet)
-
-    def program():
-        """(program, its description); RetinaNet's records only its output names."""
-        if retinanet:
-            return export_retinanet(model, image), {"output_names": list(OUTPUT_NAMES)}
-        return export_program(model, image)
+    from fpn_plugin.export.to_folder import detector_program
 
     os.makedirs(args.export_dir, exist_ok=True)
     if not args.pt2 and "pt2" not in args.skip:
         args.pt2 = os.path.join(args.export_dir, "model.pt2")
-        prog, info = program()
-        if retinanet:
-            torch.export.save(prog, args.pt2)
-        else:
-            save_program(prog, args.pt2, info)
+        program, info = detector_program(model, image)
+        save_program(program, args.pt2, info)
     if not args.onnx and "onnx" not in args.skip:
-        prog, info = program()
+        program, info = detector_program(model, image)
         path = os.path.join(args.export_dir, "model.onnx")
         try:
-            args.onnx = export_onnx_dynamo(prog, path, ["image"], info["output_names"])
+            args.onnx = export_onnx_dynamo(program, path, ["image"], info["output_names"])
         except ExportError as e:
             print(f"note: ONNX not timed: {e}")
     if not args.aoti and "aoti" not in args.skip:
-        path = os.path.join(args.export_dir, "model_aoti.pt2")
-        prog, info = program()
-        args.aoti = (
-            torch._inductor.aoti_compile_and_package(prog, package_path=path)
-            if retinanet
-            else compile_aoti(prog, path, info)
-        )
+        program, info = detector_program(model, image)
+        args.aoti = compile_aoti(program, os.path.join(args.export_dir, "model_aoti.pt2"), info)
 
 
 def main(argv=None) -> int:

@@ -33,7 +33,14 @@ from .retinanet import OUTPUT_NAMES as RETINANET_OUTPUTS
 from .retinanet import export_retinanet, retinanet_detections
 from .torchscript import export_scripting, export_tracing, run_scripted, run_traced
 
-__all__ = ["EXPORT_METHODS", "FORMATS", "load_image", "export_to_folder", "check_exported"]
+__all__ = [
+    "EXPORT_METHODS",
+    "FORMATS",
+    "load_image",
+    "detector_program",
+    "export_to_folder",
+    "check_exported",
+]
 
 EXPORT_METHODS = ("scripting", "tracing")
 FORMATS = ("torchscript", "onnx", "pt2", "aoti")
@@ -81,7 +88,7 @@ def export_to_folder(
         )
     os.makedirs(output, exist_ok=True)
     if fmt in PROGRAM_FORMATS:
-        program, info = _export_program(model, image)
+        program, info = detector_program(model, image)
         path = os.path.join(output, "model.pt2" if fmt == "pt2" else "model_aoti.pt2")
         if fmt == "pt2":
             save_program(program, path, info)
@@ -132,7 +139,7 @@ def export_to_folder(
 _RETINANET_FIELDS = {"boxes": "pred_boxes", "scores": "scores", "classes": "pred_classes"}
 
 
-def _export_program(model, image):
+def detector_program(model, image):
     """The ``torch.export`` program of a two-stage detector (:func:`export_program`) or a
     RetinaNet (:func:`export_retinanet`), and its description (:func:`program_info`'s keys)."""
     if not isinstance(model, RetinaNet):
@@ -153,7 +160,7 @@ def _export_program(model, image):
 
 def _export_onnx_dynamo(model, image, output, opset):
     """``output/model.onnx`` of the ``torch.export`` program (dynamo exporter, ``opset``)."""
-    program, info = _export_program(model, image)
+    program, info = detector_program(model, image)
     names = info["output_names"]
     path = os.path.join(output, "model.onnx")
     export_onnx_dynamo(program, path, ["image"], names, opset=opset)

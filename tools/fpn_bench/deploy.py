@@ -58,8 +58,8 @@ def eager_runner(model: nn.Module) -> Runner:
     raise TypeError(f"model: a GeneralizedRCNN or RetinaNet, got {type(model).__name__}")
 
 
-#: Output names of boxes, scores and classes: the two-stage programs' (fields of Instances, in
-#: sorted order, fpn_plugin.export.program) and RetinaNet's (fpn_plugin.export.retinanet).
+#: Output names of boxes, scores and classes: those fpn_plugin.export's files record (the fields of
+#: Instances) and those of RetinaNet's bare program (fpn_plugin.export.retinanet).
 _NAMES = (("pred_boxes", "scores", "pred_classes"), ("boxes", "scores", "classes"))
 
 
