@@ -5,6 +5,7 @@ import re
 from typing import Dict
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from detectron2.modeling import GeneralizedRCNN
@@ -12,7 +13,15 @@ from detectron2.structures import Boxes, Instances
 
 from ..accel import remove_strategies
 
-__all__ = ["ExportError", "check_model", "first_line", "fields", "eager_detections", "plain_copy"]
+__all__ = [
+    "ExportError",
+    "check_model",
+    "first_line",
+    "fields",
+    "eager_detections",
+    "plain_copy",
+    "normalize_and_pad",
+]
 
 
 class ExportError(RuntimeError):
@@ -66,3 +75,16 @@ def eager_detections(model: GeneralizedRCNN, image: torch.Tensor) -> Dict[str, t
     models'."""
     with torch.no_grad():
         return fields(model.inference([{"image": image}], do_postprocess=False)[0])
+
+
+def normalize_and_pad(
+    image: torch.Tensor, pixel_mean: torch.Tensor, pixel_std: torch.Tensor, divisibility: int
+) -> torch.Tensor:
+    """(C, H, W) image -> (1, C, H', W') network input, as ``ImageList.from_tensors`` makes it:
+    normalised, then zeros at the bottom and right up to multiples of ``divisibility``. The
+    padded size is written as d * ceil(size / d), so that ``torch.export`` sees it is a multiple
+    of d (Detectron2's FPN adds maps whose sizes agree only then)."""
+    x = (image - pixel_mean) / pixel_std
+    d = max(1, int(divisibility))
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, d * ((w + d - 1) // d) - w, 0, d * ((h + d - 1) // d) - h))[None]

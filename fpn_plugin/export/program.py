@@ -37,7 +37,7 @@ from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads import StandardROIHeads
 
 from ..modeling.pooler import LevelMappingROIPooler
-from .common import ExportError, check_model, first_line, plain_copy
+from .common import ExportError, check_model, first_line, normalize_and_pad, plain_copy
 from .fake_kernels import register_fake_kernels
 from .validate import check_image
 
@@ -375,11 +375,8 @@ class ExportableRCNN(nn.Module):
 
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         height, width = image.shape[-2], image.shape[-1]
-        x = ((image - self.pixel_mean) / self.pixel_std)[None]
-        # Zeros after normalisation up to multiples of the divisibility, bottom and right, as
-        # ImageList.from_tensors pads; boxes are still clipped to the image's own size.
-        div = self.size_divisibility
-        x = F.pad(x, (0, (div - width % div) % div, 0, (div - height % div) % div))
+        # Boxes are still clipped to the image's own size, not the padded one.
+        x = normalize_and_pad(image, self.pixel_mean, self.pixel_std, self.size_divisibility)
         features = self.backbone(x)
         proposals = self.proposals(features, height, width)
         boxes, scores, classes, index, levels = self.detect(features, proposals, height, width)

@@ -25,13 +25,12 @@ the input image's pixels (before the rescale to the original image), ``scores`` 
 from typing import Dict, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 
-from .common import ExportError, first_line, plain_copy
+from .common import ExportError, first_line, normalize_and_pad, plain_copy
 from .fake_kernels import register_fake_kernels
 
 __all__ = [
@@ -129,15 +128,8 @@ class RetinaNetExport(nn.Module):
             )
         if image.dtype != torch.float32:
             raise ValueError(f"image: expected float32, got {image.dtype}; use image.float()")
-        x = (image - self.pixel_mean) / self.pixel_std
-        d = self.size_divisibility
-        if d > 1:
-            # As ImageList.from_tensors: zero padding (after normalisation) at the bottom, right.
-            # The padded size is written as d * ceil(size / d), so that torch.export sees it is a
-            # multiple of d (Detectron2's FPN adds maps whose sizes agree only then).
-            h, w = x.shape[-2:]
-            x = F.pad(x, (0, d * ((w + d - 1) // d) - w, 0, d * ((h + d - 1) // d) - h))
-        features = self.backbone(x[None])
+        x = normalize_and_pad(image, self.pixel_mean, self.pixel_std, self.size_divisibility)
+        features = self.backbone(x)
         features = [features[f] for f in self.head_in_features]
         logits, deltas = self.head(features)
         anchors = self.anchor_generator(features)
