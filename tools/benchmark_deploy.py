@@ -16,7 +16,8 @@ has that key. Artefacts are given as paths (exported from these same weights, e.
 missing ones first (RetinaNet: ``fpn_plugin.export.retinanet``). Trailing ``KEY VALUE`` pairs
 override the plugin's config. Output: a Markdown table, one row per artefact, with seconds per
 image (median of ``--reps`` passes, all artefacts alternating), the ratio to Detectron2, and the
-largest box and score differences of its detections from Detectron2's.
+largest box and score differences of its detections from Detectron2's; with ``--profile``, each
+runner's time on the first image by kind of operator (``fpn_bench.profile``).
 """
 
 import argparse
@@ -69,6 +70,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=3, help="timed passes (median)")
     p.add_argument("--warmup", type=int, default=1, help="untimed passes")
     p.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print where each runner's time goes, by kind of operator (torch.profiler; "
+        "ONNX Runtime left out)",
+    )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of the config")
     return p
 
@@ -189,6 +196,16 @@ def main(argv=None) -> int:
         f"{[tuple(i.shape[1:]) for i in images]}, median of {args.reps} passes"
     )
     print(deploy.format_table(rows, reference))
+    if args.profile:
+        from fpn_bench.profile import format_profile, op_profile
+
+        profiles = {
+            name: op_profile(lambda run=run: run(images[0]), reps=args.reps)
+            for name, run in runners.items()
+            if name != "ONNX Runtime"  # its kernels run outside torch's profiler
+        }
+        print(f"\nseconds per call on the first image, by kind of operator (mean of {args.reps}):")
+        print(format_profile(profiles))
     return 0
 
 

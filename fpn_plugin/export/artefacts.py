@@ -12,16 +12,24 @@ see docs/export.md.
 import json
 import os
 import zipfile
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch._inductor
+from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
 from .common import ExportError, first_line
 from .fake_kernels import register_fake_kernels
 from .validate import check_image
 
-__all__ = ["INFO_FILE", "INFO_KEY", "save_program", "compile_aoti", "ExportedDetector"]
+__all__ = [
+    "INFO_FILE",
+    "INFO_KEY",
+    "save_program",
+    "compile_aoti",
+    "convolves_data_dependent_batch",
+    "ExportedDetector",
+]
 
 #: Extra file of a saved program that holds its input and output description.
 INFO_FILE = "fpn_detector.json"
@@ -34,9 +42,43 @@ def save_program(program: torch.export.ExportedProgram, path: str, info: dict) -
     torch.export.save(program, path, extra_files={INFO_FILE: json.dumps(info)})
 
 
-def compile_aoti(program: torch.export.ExportedProgram, path: str, info: dict) -> str:
+# The convolutions of a program before and after its decomposition to core ATen.
+_CONVOLUTIONS = (
+    torch.ops.aten.conv2d.default,
+    torch.ops.aten.conv_transpose2d.input,
+    torch.ops.aten.convolution.default,
+)
+
+
+def convolves_data_dependent_batch(program: torch.export.ExportedProgram) -> bool:
+    """Whether ``program`` runs a convolution over a data-dependent number of inputs (the conv
+    box head, the mask and keypoint heads on the detected RoIs): a batch size that is an unbacked
+    symbol."""
+    for node in program.graph.nodes:
+        if node.op != "call_function" or node.target not in _CONVOLUTIONS:
+            continue
+        value = node.args[0].meta.get("val")
+        if value is not None and free_unbacked_symbols(value.shape[0]):
+            return True
+    return False
+
+
+def compile_aoti(
+    program: torch.export.ExportedProgram,
+    path: str,
+    info: dict,
+    layout_optimization: Optional[bool] = None,
+) -> str:
     """AOTInductor package of ``program`` for the CPU at ``path`` (must end in ``.pt2``), with
-    ``info`` in its metadata. Compiling takes minutes (C++ compiler)."""
+    ``info`` in its metadata. Compiling takes minutes (C++ compiler).
+
+    The package is frozen (parameters folded in as constants: batch norms folded into the
+    convolutions, oneDNN's weights packed once). ``layout_optimization`` (channels-last
+    convolutions) defaults to on unless the program convolves a data-dependent number of RoIs
+    (:func:`convolves_data_dependent_batch`), where it gives wrong results; ``True`` forces it.
+    """
+    if layout_optimization is None:
+        layout_optimization = not convolves_data_dependent_batch(program)
     # AOTInductor traces the program again: NMS's output size needs the exact kernel.
     register_fake_kernels()
     try:
@@ -45,12 +87,12 @@ def compile_aoti(program: torch.export.ExportedProgram, path: str, info: dict) -
             package_path=path,
             inductor_configs={
                 "aot_inductor.metadata": {INFO_KEY: json.dumps(info)},
-                # Inductor's layout optimisation stores convolution weights channels-last; ATen's
-                # convolution then returns channels-last results, while Inductor plans contiguous
-                # ones for a convolution over a data-dependent number of RoIs (the box, mask and
-                # keypoint heads), and the fused batch norm / ReLU after it reads the wrong
-                # elements. Without it the package's results are eager mode's.
-                "layout_optimization": False,
+                "freezing": True,
+                # With the layout optimisation Inductor stores convolution weights channels-last;
+                # ATen's convolution then returns channels-last results, while Inductor plans
+                # contiguous ones for a convolution over a data-dependent number of RoIs, and the
+                # batch norm / ReLU fused after it reads the wrong elements (docs/export.md).
+                "layout_optimization": layout_optimization,
             },
         )
     except Exception as e:

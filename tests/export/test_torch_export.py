@@ -32,6 +32,7 @@ from fpn_plugin.export import (
     export_program,
     save_program,
 )
+from fpn_plugin.export.artefacts import convolves_data_dependent_batch
 from fpn_plugin.utils.testing import make_trained_like
 from tests.conftest import REPO, load_tool, plugin_cfg
 from tests.export.test_export import _image
@@ -151,6 +152,15 @@ def test_pt2_loads_without_the_plugin(faster, images, tmp_path):
     for image, outputs in zip(images, torch.load(tmp_path / "out.pt")):
         ref = eager_detections(faster["model"], image)
         _assert_agrees(ref, dict(zip(names, outputs)))
+
+
+def test_aoti_layout_optimisation_only_without_convolutions_over_detections(faster):
+    """compile_aoti's default: the quickstart's conv box head runs on a data-dependent number of
+    RoIs (channels-last layout left out); a backbone-like program has none."""
+    assert convolves_data_dependent_batch(faster["program"])
+    conv = torch.nn.Conv2d(3, 8, 3).eval()
+    program = torch.export.export(conv, (torch.rand(2, 3, 16, 16),))
+    assert not convolves_data_dependent_batch(program)
 
 
 @pytest.mark.aoti
