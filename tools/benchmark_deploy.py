@@ -197,7 +197,7 @@ def main(argv=None) -> int:
     )
     print(deploy.format_table(rows, reference))
     if args.profile:
-        from fpn_bench.profile import format_profile, op_profile
+        from fpn_bench.profile import format_profile, matmul_rate, multiply_adds, op_profile
 
         profiles = {
             name: op_profile(lambda run=run: run(images[0]), reps=args.reps)
@@ -206,6 +206,13 @@ def main(argv=None) -> int:
         }
         print(f"\nseconds per call on the first image, by kind of operator (mean of {args.reps}):")
         print(format_profile(profiles))
+        if ref is not None:
+            macs, rate = multiply_adds(ref, images[0]), matmul_rate()
+            print(
+                f"\n{macs / 1e9:.1f} G multiply-adds on the first image (fvcore); a float32 matrix "
+                f"product runs {rate / 1e9:.1f} G/s on {args.threads} threads: at that rate the "
+                f"image takes {macs / rate:.2f} s"
+            )
     return 0
 
 

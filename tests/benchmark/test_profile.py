@@ -4,7 +4,15 @@ import pytest
 import torch
 from torch import nn
 
-from fpn_bench.profile import KINDS, OUTSIDE, format_profile, kind_of, op_profile
+from fpn_bench.profile import (
+    KINDS,
+    OUTSIDE,
+    format_profile,
+    kind_of,
+    matmul_rate,
+    multiply_adds,
+    op_profile,
+)
 
 
 @pytest.mark.parametrize(
@@ -44,3 +52,17 @@ def test_op_profile_finds_the_convolutions_and_the_matrix_products():
     table = format_profile({"eager": p, "again": p})
     assert table.splitlines()[0] == "| kind | eager | again |"
     assert len(table.splitlines()) == 2 + len(KINDS) + 3
+
+
+def test_multiply_adds_and_matmul_rate():
+    from detectron2.modeling import build_model
+
+    from tests.conftest import plugin_cfg
+
+    model = build_model(plugin_cfg("configs/quickstart.yaml")).eval()
+    small, large = torch.rand(3, 128, 160) * 255, torch.rand(3, 256, 320) * 255
+    # The backbone and the RPN scale with the image; the RoI heads do not.
+    assert (
+        multiply_adds(model, small) < multiply_adds(model, large) < 4 * multiply_adds(model, small)
+    )
+    assert 1e8 < matmul_rate(size=256, reps=2) < 1e13

@@ -6,15 +6,30 @@ kind by its name; the kinds add up to the time spent inside operators. What is l
 wall time ran outside any operator: Python glue in eager mode, and in an AOTInductor package the
 kernels Inductor generated (fused element-wise loops, its own matrix products), which call no
 ATen operator.
+
+:func:`matmul_rate` and :func:`multiply_adds` give the floor under any runner's time on this
+CPU: the detector's multiply-adds at the rate of one large float32 matrix product.
 """
 
 import re
 import time
 from typing import Callable, Dict, List, Mapping, Tuple
 
+import torch
+from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-__all__ = ["KINDS", "OUTSIDE", "format_profile", "kind_of", "op_profile"]
+from detectron2.utils.analysis import FlopCountAnalysis
+
+__all__ = [
+    "KINDS",
+    "OUTSIDE",
+    "format_profile",
+    "kind_of",
+    "matmul_rate",
+    "multiply_adds",
+    "op_profile",
+]
 
 #: Kinds of operator, by a pattern of their names; the first that matches is the kind.
 KINDS: Tuple[Tuple[str, str], ...] = (
@@ -79,3 +94,27 @@ def format_profile(profiles: Mapping[str, Dict[str, float]]) -> str:
             )
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def matmul_rate(size: int = 2048, reps: int = 5) -> float:
+    """Multiply-adds per second of a (size x size) float32 matrix product on the CPU, with torch's
+    current threads: best of ``reps`` (after one untimed), the practical ceiling of the
+    convolutions and fully connected layers, which oneDNN runs as such products."""
+    a, b = torch.rand(size, size), torch.rand(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return size**3 / best
+
+
+def multiply_adds(model: nn.Module, image: torch.Tensor) -> int:
+    """Multiply-adds of a Detectron2 detector's inference on one (3, H, W) image, counted by
+    Detectron2's fvcore counter (convolutions, fully connected layers and the like; one
+    fused multiply-add = one FLOP)."""
+    flops = FlopCountAnalysis(model, [{"image": image}])
+    flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    with torch.no_grad():
+        return int(flops.total())
