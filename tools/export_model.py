@@ -203,8 +203,19 @@ def main(argv=None) -> int:
                 f"max score diff {result['max_score_diff']:.2e}"
                 + "".join(
                     f", {k.replace('_', ' ')} {result[k]:.4g}"
-                    for k in ("min_mask_iou", "max_keypoint_diff")
+                    for k in (
+                        "min_mask_iou",
+                        "max_keypoint_diff",
+                        "panoptic_agreement",
+                        "max_sem_seg_diff",
+                    )
                     if k in result
+                )
+                + (
+                    f", segments matched {result['matched_segments']}/"
+                    f"{result['num_segments_eager']} (exported: {result['num_segments_exported']})"
+                    if "matched_segments" in result
+                    else ""
                 )
                 + f" (tolerance {args.tolerance:g})"
             )
