@@ -1,5 +1,5 @@
-"""``torch.export`` of the two-stage detectors (Faster, Mask and Keypoint R-CNN): an
-``ExportedProgram`` with dynamic image height and width and a data-dependent detection count.
+"""``torch.export`` of the two-stage detectors (Faster, Mask and Keypoint R-CNN, Panoptic FPN):
+an ``ExportedProgram`` with dynamic image height and width and a data-dependent detection count.
 
 :class:`ExportableRCNN` runs a ``GeneralizedRCNN``'s own submodules (backbone, RPN head and anchor
 generator, box / mask / keypoint heads and predictors, RoI ops) and writes out in tensor form only
@@ -23,7 +23,10 @@ tensors named by :attr:`ExportableRCNN.output_names`, the fields of
 - Mask R-CNN: ``pred_masks`` (R, 1, M, M) float32 mask probabilities in the box (M = 28 by
   default), to paste with ``detectron2.layers.paste_masks_in_image``;
 - Keypoint R-CNN: ``pred_keypoints`` (R, K, 3) float32 (x, y in input-image pixels, score) and
-  ``pred_keypoint_heatmaps`` (R, K, S, S) float32 logits.
+  ``pred_keypoint_heatmaps`` (R, K, S, S) float32 logits;
+- Panoptic FPN (a Mask R-CNN with ``sem_seg_head``): also ``panoptic_seg``, ``segment_areas``,
+  ``segment_classes``, ``segment_instances`` and ``sem_seg``, Detectron2's panoptic result at the
+  input size (:mod:`fpn_plugin.export.panoptic`).
 """
 
 from typing import Dict, List, Optional, Tuple
@@ -218,7 +221,11 @@ class ExportableRCNN(nn.Module):
     does), any H and W from ``MIN_IMAGE_SIZE`` to ``MAX_IMAGE_SIZE``, padded inside to multiples
     of :attr:`size_divisibility` as Detectron2 pads; returns the tuple of tensors named by
     :attr:`output_names` (see :mod:`fpn_plugin.export.program`). Its detections are the eager
-    model's ``inference([{"image": image}], do_postprocess=False)``.
+    model's ``inference([{"image": image}], do_postprocess=False)``. For Panoptic FPN
+    (``PanopticFPN``, which needs ``MODEL.MASK_ON``) the semantic head and the combination
+    (:class:`~fpn_plugin.export.panoptic.PanopticCombination`) follow: its panoptic outputs are
+    those ``PanopticFPN`` gives at the input size
+    (:func:`~fpn_plugin.export.panoptic.panoptic_detections`).
 
     The submodules are the model's own (a copy without the execution strategies of
     :mod:`fpn_plugin.accel`). ``ExportError`` (naming the module and the reason) for a model this
