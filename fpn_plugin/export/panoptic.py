@@ -188,7 +188,8 @@ class PanopticCombination(nn.Module):
         areas = counts.index_add(0, labels, free)
         # Label 0 is "things".
         not_things = torch.arange(self.num_classes, device=labels.device) > 0
-        stuff = present & (areas >= self.stuff_area_thresh) & not_things
+        # Areas compared as Python numbers, as Detectron2's ``.item()``.
+        stuff = present & (areas.double() >= float(self.stuff_area_thresh)) & not_things
         stuff_ids = num_things + torch.cumsum(stuff.long(), dim=0)  # (C,), for kept labels
         fill = (free > 0) & stuff[labels]
         panoptic = torch.where(fill, stuff_ids[labels].int(), panoptic.flatten())

@@ -183,6 +183,17 @@ def test_combination_rules_on_a_hand_made_case():
     assert torch.equal(seg, ref_seg) and info == ref_info
 
 
+def test_combination_keeps_equal_scores_in_detection_order():
+    """30 detections of one score and one box: the stable sort puts row 0 first, which covers
+    the box; every other overlaps it entirely and is skipped."""
+    boxes = torch.tensor([[5.0, 5.0, 25.0, 25.0]]).repeat(30, 1)
+    scores, classes = torch.full((30,), 0.75), torch.arange(30)
+    semantic = torch.zeros(30, 30, dtype=torch.int64)
+    ours, _, _ = _combine(boxes, scores, classes, torch.ones(30, 1, 28, 28), semantic, 0.5, 1, 0.5)
+    assert ours["segment_instances"].tolist() == [0]
+    assert ours["segment_areas"].tolist() == [400]
+
+
 def test_combination_matches_detectron2_on_random_inputs():
     g = torch.Generator().manual_seed(0)
     height, width, num, num_labels = 150, 170, 30, 5
