@@ -33,7 +33,8 @@ that image's pixels (see ``fpn_plugin/export/``).
 
 ``--check`` loads the written file back, runs it and the eager model on the sample image (and on
 ``--check-images``, e.g. of other sizes) and matches their detections (boxes, scores, classes,
-pyramid levels, mask IoU >= 0.99, keypoints) to ``--tolerance``. Exit status: 0 success, 2 an
+pyramid levels, mask IoU >= 0.99, keypoints; Panoptic FPN's segments, pixel agreement
+>= 0.99) to ``--tolerance``. Exit status: 0 success, 2 an
 export path that cannot work or a bad argument (the message names the path, the reason and what
 to use instead), 3 the check failed.
 """
