@@ -33,7 +33,8 @@ that image's pixels (see ``fpn_plugin/export/``).
 
 ``--check`` loads the written file back, runs it and the eager model on the sample image (and on
 ``--check-images``, e.g. of other sizes) and matches their detections (boxes, scores, classes,
-pyramid levels, mask IoU >= 0.99, keypoints) to ``--tolerance``. Exit status: 0 success, 2 an
+pyramid levels, mask IoU >= 0.99, keypoints; Panoptic FPN's segments, pixel agreement
+>= 0.99) to ``--tolerance``. Exit status: 0 success, 2 an
 export path that cannot work or a bad argument (the message names the path, the reason and what
 to use instead), 3 the check failed.
 """
@@ -203,8 +204,19 @@ def main(argv=None) -> int:
                 f"max score diff {result['max_score_diff']:.2e}"
                 + "".join(
                     f", {k.replace('_', ' ')} {result[k]:.4g}"
-                    for k in ("min_mask_iou", "max_keypoint_diff")
+                    for k in (
+                        "min_mask_iou",
+                        "max_keypoint_diff",
+                        "panoptic_agreement",
+                        "max_sem_seg_diff",
+                    )
                     if k in result
+                )
+                + (
+                    f", segments matched {result['matched_segments']}/"
+                    f"{result['num_segments_eager']} (exported: {result['num_segments_exported']})"
+                    if "matched_segments" in result
+                    else ""
                 )
                 + f" (tolerance {args.tolerance:g})"
             )

@@ -17,9 +17,10 @@ Rescale to the original image with ``detectron2.modeling.postprocessing.detector
 
 ``torch.export`` (the recommended path; TorchScript is deprecated in torch): :func:`export_program`
 gives an ``ExportedProgram`` of the two-stage detectors (Faster, Mask, Keypoint R-CNN, with the
-plugin's or Detectron2's RoI heads) that takes the image (3, H, W) of any height and width and
-returns the tuple of tensors named by its ``output_names`` (the fields above, sorted, plus
-``pred_masks`` (R, 1, M, M) and ``pred_keypoints`` (R, K, 3) / ``pred_keypoint_heatmaps`` as
+plugin's or Detectron2's RoI heads, and Panoptic FPN) that takes the image (3, H, W) of any height
+and width and returns the tuple of tensors named by its ``output_names`` (the fields above,
+sorted, plus ``pred_masks`` (R, 1, M, M), ``pred_keypoints`` (R, K, 3) /
+``pred_keypoint_heatmaps`` and Panoptic FPN's segments (:mod:`fpn_plugin.export.panoptic`) as
 applicable); :func:`save_program` writes it as ``.pt2``, :func:`compile_aoti` as an AOTInductor
 package, and :class:`ExportedDetector` loads either with its input checked. See docs/export.md.
 """

@@ -1,5 +1,5 @@
-"""``torch.export`` of the two-stage detectors (Faster, Mask and Keypoint R-CNN): an
-``ExportedProgram`` with dynamic image height and width and a data-dependent detection count.
+"""``torch.export`` of the two-stage detectors (Faster, Mask and Keypoint R-CNN, Panoptic FPN):
+an ``ExportedProgram`` with dynamic image height and width and a data-dependent detection count.
 
 :class:`ExportableRCNN` runs a ``GeneralizedRCNN``'s own submodules (backbone, RPN head and anchor
 generator, box / mask / keypoint heads and predictors, RoI ops) and writes out in tensor form only
@@ -23,7 +23,10 @@ tensors named by :attr:`ExportableRCNN.output_names`, the fields of
 - Mask R-CNN: ``pred_masks`` (R, 1, M, M) float32 mask probabilities in the box (M = 28 by
   default), to paste with ``detectron2.layers.paste_masks_in_image``;
 - Keypoint R-CNN: ``pred_keypoints`` (R, K, 3) float32 (x, y in input-image pixels, score) and
-  ``pred_keypoint_heatmaps`` (R, K, S, S) float32 logits.
+  ``pred_keypoint_heatmaps`` (R, K, S, S) float32 logits;
+- Panoptic FPN (a Mask R-CNN with ``sem_seg_head``): also ``panoptic_seg``, ``segment_areas``,
+  ``segment_classes``, ``segment_instances`` and ``sem_seg``, Detectron2's panoptic result at the
+  input size (:mod:`fpn_plugin.export.panoptic`).
 """
 
 from typing import Dict, List, Optional, Tuple
@@ -39,6 +42,7 @@ from detectron2.modeling.roi_heads import StandardROIHeads
 from ..modeling.pooler import LevelMappingROIPooler
 from .common import ExportError, check_model, first_line, normalize_and_pad, plain_copy
 from .fake_kernels import register_fake_kernels
+from .panoptic import PANOPTIC_OUTPUTS, PanopticCombination
 from .validate import check_image
 
 __all__ = [
@@ -217,7 +221,11 @@ class ExportableRCNN(nn.Module):
     does), any H and W from ``MIN_IMAGE_SIZE`` to ``MAX_IMAGE_SIZE``, padded inside to multiples
     of :attr:`size_divisibility` as Detectron2 pads; returns the tuple of tensors named by
     :attr:`output_names` (see :mod:`fpn_plugin.export.program`). Its detections are the eager
-    model's ``inference([{"image": image}], do_postprocess=False)``.
+    model's ``inference([{"image": image}], do_postprocess=False)``. For Panoptic FPN
+    (``PanopticFPN``, which needs ``MODEL.MASK_ON``) the semantic head and the combination
+    (:class:`~fpn_plugin.export.panoptic.PanopticCombination`) follow: its panoptic outputs are
+    those ``PanopticFPN`` gives at the input size
+    (:func:`~fpn_plugin.export.panoptic.panoptic_detections`).
 
     The submodules are the model's own (a copy without the execution strategies of
     :mod:`fpn_plugin.accel`). ``ExportError`` (naming the module and the reason) for a model this
@@ -227,12 +235,9 @@ class ExportableRCNN(nn.Module):
     def __init__(self, model: GeneralizedRCNN):
         super().__init__()
         check_model(model, PATH)
-        if getattr(model, "sem_seg_head", None) is not None:
-            _refuse(
-                f"{type(model).__name__}.sem_seg_head",
-                "the semantic segmentation branch and the panoptic combination are not written "
-                "for torch.export",
-            )
+        sem_seg_head = getattr(model, "sem_seg_head", None)
+        if sem_seg_head is not None:
+            _check_panoptic(model)
         model = plain_copy(model)
         rpn, heads = model.proposal_generator, model.roi_heads
         if rpn is None or not hasattr(rpn, "rpn_head"):
@@ -275,6 +280,17 @@ class ExportableRCNN(nn.Module):
         self.keypoint_on = bool(getattr(heads, "keypoint_on", False))
         self.pred_levels = bool(getattr(heads, "pred_levels", False))
         self.num_classes = int(predictor.num_classes)
+        #: Panoptic FPN's semantic head (None for the detectors) and its combination with the
+        #: instances.
+        self.sem_seg_head = model.sem_seg_head if sem_seg_head is not None else None
+        self.combination = None
+        if sem_seg_head is not None:
+            self.combination = PanopticCombination(
+                model.sem_seg_head.predictor.out_channels,
+                model.combine_overlap_thresh,
+                model.combine_stuff_area_thresh,
+                model.combine_instances_score_thresh,
+            )
         fields = ["pred_boxes", "pred_classes", "scores"]
         if self.pred_levels:
             fields.append("pred_levels")
@@ -282,6 +298,8 @@ class ExportableRCNN(nn.Module):
             fields.append("pred_masks")
         if self.keypoint_on:
             fields += ["pred_keypoints", "pred_keypoint_heatmaps"]
+        if self.sem_seg_head is not None:
+            fields += list(PANOPTIC_OUTPUTS)
         #: Names of the outputs, in order (sorted, as TracingAdapter orders Instances fields).
         self.output_names: List[str] = sorted(fields)
 
@@ -373,7 +391,10 @@ class ExportableRCNN(nn.Module):
             keep = keep[: predictor.test_topk_per_image]
         return boxes[keep], scores[keep], classes[keep], valid[rows[keep]], levels
 
-    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    def detections(self, image: torch.Tensor):
+        """The detections of one (3, H, W) image ({field name: tensor}, the fields of
+        :attr:`output_names` but the panoptic ones) and the backbone's features of the padded
+        image."""
         height, width = image.shape[-2], image.shape[-1]
         # Boxes are still clipped to the image's own size, not the padded one.
         x = normalize_and_pad(image, self.pixel_mean, self.pixel_std, self.size_divisibility)
@@ -399,7 +420,53 @@ class ExportableRCNN(nn.Module):
             heatmaps = heads.keypoint_head.layers(pooled)  # (R, K, S, S)
             out["pred_keypoints"] = heatmaps_to_keypoints(heatmaps, boxes)
             out["pred_keypoint_heatmaps"] = heatmaps
+        return out, features
+
+    def semantic(self, features: Dict[str, torch.Tensor], height, width) -> torch.Tensor:
+        """(C, H, W) logits of Panoptic FPN's semantic head at the input size: its inference
+        (``SemSegFPNHead.layers``, upsampled by ``common_stride`` to the padded size) cropped as
+        ``sem_seg_postprocess`` crops it (its resize to the same size leaves the values as they
+        are)."""
+        head = self.sem_seg_head
+        x = head.layers(features)
+        x = F.interpolate(x, scale_factor=head.common_stride, mode="bilinear", align_corners=False)
+        # A negative pad crops: a slice to an input-dependent size would need a guard torch.export
+        # cannot prove.
+        return F.pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2]))[0]
+
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        out, features = self.detections(image)
+        if self.sem_seg_head is not None:
+            height, width = image.shape[-2], image.shape[-1]
+            sem_seg = self.semantic(features, height, width)
+            names = PANOPTIC_OUTPUTS[:-1]
+            results = self.combination(
+                out["pred_boxes"],
+                out["scores"],
+                out["pred_classes"],
+                out["pred_masks"],
+                sem_seg.argmax(dim=0),
+            )
+            out.update(zip(names, results), sem_seg=sem_seg)
         return tuple(out[n] for n in self.output_names)
+
+
+def _check_panoptic(model: nn.Module) -> None:
+    """``ExportError`` for a Panoptic FPN the program does not cover: without masks (Detectron2's
+    combination pastes them) or with another semantic head than ``SemSegFPNHead``'s layout."""
+    name = type(model).__name__
+    if not getattr(model.roi_heads, "mask_on", False):
+        raise ExportError(
+            PATH,
+            f"{name} without instance masks: the panoptic combination needs MODEL.MASK_ON",
+            "MODEL.MASK_ON True (Detectron2's PanopticFPN needs it as well)",
+        )
+    head = model.sem_seg_head
+    if not all(hasattr(head, a) for a in ("layers", "common_stride", "predictor")):
+        _refuse(
+            f"{name}.sem_seg_head ({type(head).__name__})",
+            "only SemSegFPNHead's layers / common_stride / predictor are supported",
+        )
 
 
 def _refuse(module: str, reason: str):

@@ -28,6 +28,7 @@ from .common import ExportError, eager_detections
 from .compare import compare_detections
 from .onnx import DEFAULT_OPSET, export_onnx, run_onnx
 from .onnx_dynamo import DYNAMO_OPSET, export_onnx_dynamo, onnx_session, run_onnx_dynamo
+from .panoptic import panoptic_detections
 from .program import MAX_IMAGE_SIZE, export_program
 from .retinanet import OUTPUT_NAMES as RETINANET_OUTPUTS
 from .retinanet import export_retinanet, retinanet_detections
@@ -180,8 +181,14 @@ def check_exported(
 ) -> List[dict]:
     """For each (name, (3, H, W) image): :func:`compare_detections` of the eager model's and the
     exported model's detections to ``tolerance`` (pixels for boxes, absolute for scores), with the
-    image's ``name`` and ``size`` [H, W] added."""
-    eager = retinanet_detections if isinstance(model, RetinaNet) else eager_detections
+    image's ``name`` and ``size`` [H, W] added. Panoptic FPN's eager result is
+    :func:`panoptic_detections` (Detectron2's own combination at the input size)."""
+    if isinstance(model, RetinaNet):
+        eager = retinanet_detections
+    elif getattr(model, "sem_seg_head", None) is not None:
+        eager = panoptic_detections
+    else:
+        eager = eager_detections
     checks = []
     for name, image in images:
         result = compare_detections(eager(model, image), run_exported(image), tolerance)

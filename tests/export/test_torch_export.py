@@ -228,12 +228,6 @@ def test_unexportable_detector_names_module_and_reason():
     assert "StandardROIHeads" in message and "\n" not in message
 
 
-def test_panoptic_fpn_is_refused_naming_its_semantic_branch():
-    model = build_model(plugin_cfg("configs/quickstart_panoptic.yaml")).eval()
-    with pytest.raises(ExportError, match=r"PanopticFPN.sem_seg_head: the semantic segmentation"):
-        export_program(model)
-
-
 def test_tool_takes_config_overrides_after_check_images():
     tool = load_tool("export_model.py")
     args = tool.parse_args(
