@@ -140,7 +140,10 @@ def heatmaps_to_keypoints(maps: torch.Tensor, rois: torch.Tensor) -> torch.Tenso
     heights = (rois[:, 3] - rois[:, 1]).clamp(min=1)
     widths_ceil, heights_ceil = widths.ceil(), heights.ceil()
     one = rois.new_ones(1, dtype=torch.int64)
-    max_w = torch.cat((widths_ceil.long(), one)).max().item()
+    # The grid width also as a tensor: ONNX has no remainder / division by a data-dependent
+    # Python int (the dynamo exporter cannot translate aten.remainder.Scalar of an unbacked size).
+    grid_w = torch.cat((widths_ceil.long(), one)).max()
+    max_w = grid_w.item()
     max_h = torch.cat((heights_ceil.long(), one)).max().item()
     torch._check(max_w >= 1)
     torch._check(max_h >= 1)
@@ -174,8 +177,8 @@ def heatmaps_to_keypoints(maps: torch.Tensor, rois: torch.Tensor) -> torch.Tenso
         values.append(value)
     pos = torch.stack(positions, dim=1)  # (R, K), in the H_max x W_max grid
     max_score = torch.stack(values, dim=1)  # (R, K)
-    x_int = pos % max_w
-    y_int = torch.div(pos - x_int, max_w, rounding_mode="floor")
+    x_int = pos % grid_w
+    y_int = torch.div(pos - x_int, grid_w, rounding_mode="floor")
     x = (x_int.float() + 0.5) * (widths / widths_ceil)[:, None] + rois[:, 0, None]
     y = (y_int.float() + 0.5) * (heights / heights_ceil)[:, None] + rois[:, 1, None]
     # The resized logit's softmax at its maximum: exp(0) / sum of exp(heatmap - max).

@@ -32,6 +32,7 @@ from fpn_plugin.export import (
     export_program,
     save_program,
 )
+from fpn_plugin.export.onnx_dynamo import export_onnx_dynamo, onnx_session, run_onnx_dynamo
 from fpn_plugin.utils.testing import make_trained_like
 from tests.conftest import REPO, load_tool, plugin_cfg
 from tests.export.test_export import _image
@@ -113,6 +114,21 @@ def test_program_matches_eager_mask_keypoint(mask_keypoint, images):
         # Not all masks empty or full: the IoU above compares something.
         fg = (got["pred_masks"] > 0.5).float().mean()
         assert 0.05 < fg < 0.95, fg
+
+
+def test_onnx_of_mask_keypoint_matches_eager_in_onnx_runtime(mask_keypoint, images, tmp_path):
+    """The Mask + Keypoint R-CNN program through the dynamo exporter: ONNX Runtime gives eager
+    mode's detections, masks and keypoints (the keypoints' position in the resize grid is
+    divided by the grid width as a tensor: ONNX has no remainder by a data-dependent int)."""
+    names = mask_keypoint["info"]["output_names"]
+    path = export_onnx_dynamo(
+        mask_keypoint["program"], str(tmp_path / "model.onnx"), ["image"], names
+    )
+    session = onnx_session(path)
+    for image in images:
+        ref = eager_detections(mask_keypoint["model"], image)
+        result = _assert_agrees(ref, dict(zip(names, run_onnx_dynamo(session, image))))
+        assert result["min_mask_iou"] >= 0.99 and result["max_keypoint_diff"] <= BOX_TOL, result
 
 
 def test_program_of_detectron2s_own_roi_heads(images):
