@@ -33,7 +33,8 @@ from fpn_plugin.export import (
     save_program,
 )
 from fpn_plugin.export.onnx_dynamo import export_onnx_dynamo, onnx_session, run_onnx_dynamo
-from fpn_plugin.utils.testing import make_trained_like
+from fpn_plugin.export.program import min_image_size
+from fpn_plugin.utils.testing import build_detecting_model, make_trained_like
 from tests.conftest import REPO, load_tool, plugin_cfg
 from tests.export.test_export import _image
 
@@ -140,6 +141,24 @@ def test_program_of_detectron2s_own_roi_heads(images):
     image = images[0]
     ref = eager_detections(model, image)
     _assert_agrees(ref, dict(zip(info["output_names"], _run(program, image))))
+
+
+def test_smallest_image_keeps_the_coarsest_level_two_cells_wide(images, tmp_path):
+    """The two-stage BiFPN detector (P3-P7, coarsest stride 128) exports with images from 129 px
+    (128 would give P7 a single cell, which torch.export refuses as a dynamic size), agrees with
+    eager mode at that size and at a larger one, and the loaded file refuses smaller images."""
+    model = build_detecting_model(plugin_cfg("configs/quickstart_bifpn.yaml"), images[0])
+    assert min_image_size(model.backbone) == 129
+    assert min_image_size(_model("configs/quickstart.yaml").backbone) == 128  # P6: stride 64
+    program, info = export_program(model)
+    assert info["min_size"] == 129
+    path = str(tmp_path / "model.pt2")
+    save_program(program, path, info)
+    detector = ExportedDetector(path)
+    for image in (_image(129, 140, 5), images[1]):
+        _assert_agrees(eager_detections(model, image), detector(image), min_detections=10)
+    with pytest.raises(ValueError, match=r"^image: 128 x 140 pixels, outside the 129\.\.4096"):
+        detector(_image(128, 140, 5))
 
 
 def test_pt2_loads_without_the_plugin(faster, images, tmp_path):
