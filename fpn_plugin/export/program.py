@@ -50,6 +50,7 @@ __all__ = [
     "export_program",
     "program_info",
     "image_dims",
+    "min_image_size",
     "heatmaps_to_keypoints",
 ]
 
@@ -59,7 +60,8 @@ PATH = "torch.export"
 #: the coordinate-offset trick below it; both are reproduced, as they round IoUs differently.
 _VANILLA_NMS_NUMEL = 4000
 
-#: Smallest and largest image height and width (pixels) the exported programs take.
+#: Smallest and largest image height and width (pixels) the exported programs take; a backbone
+#: with coarser levels raises the smallest size (:func:`min_image_size`).
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 128, 4096
 
 
@@ -144,7 +146,10 @@ def heatmaps_to_keypoints(maps: torch.Tensor, rois: torch.Tensor) -> torch.Tenso
     heights = (rois[:, 3] - rois[:, 1]).clamp(min=1)
     widths_ceil, heights_ceil = widths.ceil(), heights.ceil()
     one = rois.new_ones(1, dtype=torch.int64)
-    max_w = torch.cat((widths_ceil.long(), one)).max().item()
+    # The grid width also as a tensor: ONNX has no remainder / division by a data-dependent
+    # Python int (the dynamo exporter cannot translate aten.remainder.Scalar of an unbacked size).
+    grid_w = torch.cat((widths_ceil.long(), one)).max()
+    max_w = grid_w.item()
     max_h = torch.cat((heights_ceil.long(), one)).max().item()
     torch._check(max_w >= 1)
     torch._check(max_h >= 1)
@@ -178,8 +183,8 @@ def heatmaps_to_keypoints(maps: torch.Tensor, rois: torch.Tensor) -> torch.Tenso
         values.append(value)
     pos = torch.stack(positions, dim=1)  # (R, K), in the H_max x W_max grid
     max_score = torch.stack(values, dim=1)  # (R, K)
-    x_int = pos % max_w
-    y_int = torch.div(pos - x_int, max_w, rounding_mode="floor")
+    x_int = pos % grid_w
+    y_int = torch.div(pos - x_int, grid_w, rounding_mode="floor")
     x = (x_int.float() + 0.5) * (widths / widths_ceil)[:, None] + rois[:, 0, None]
     y = (y_int.float() + 0.5) * (heights / heights_ceil)[:, None] + rois[:, 1, None]
     # The resized logit's softmax at its maximum: exp(0) / sum of exp(heatmap - max).
@@ -218,7 +223,7 @@ class ExportableRCNN(nn.Module):
     """A ``GeneralizedRCNN``'s inference on one image, written for ``torch.export``.
 
     ``forward(image)``: image (3, H, W) float32 (``INPUT.FORMAT``, resized as ``DefaultPredictor``
-    does), any H and W from ``MIN_IMAGE_SIZE`` to ``MAX_IMAGE_SIZE``, padded inside to multiples
+    does), any H and W from :attr:`min_size` to ``MAX_IMAGE_SIZE``, padded inside to multiples
     of :attr:`size_divisibility` as Detectron2 pads; returns the tuple of tensors named by
     :attr:`output_names` (see :mod:`fpn_plugin.export.program`). Its detections are the eager
     model's ``inference([{"image": image}], do_postprocess=False)``. For Panoptic FPN
@@ -276,6 +281,8 @@ class ExportableRCNN(nn.Module):
             1, model.backbone.size_divisibility, constraints.get("size_divisibility", 0)
         )
         self.in_channels = int(model.pixel_mean.numel())
+        #: Smallest H and W the program takes (pixels): see :func:`min_image_size`.
+        self.min_size = min_image_size(model.backbone)
         self.mask_on = bool(getattr(heads, "mask_on", False))
         self.keypoint_on = bool(getattr(heads, "keypoint_on", False))
         self.pred_levels = bool(getattr(heads, "pred_levels", False))
@@ -477,13 +484,24 @@ def _refuse(module: str, reason: str):
     )
 
 
-def image_dims(max_size: int = MAX_IMAGE_SIZE) -> Tuple[torch.export.Dim, torch.export.Dim]:
-    """Height and width dims for ``torch.export``: any size from ``MIN_IMAGE_SIZE`` (sizes below
-    give pyramid levels of one pixel, which the program does not cover) to ``max_size`` pixels (the
-    program pads to the divisibility itself)."""
+def min_image_size(backbone: nn.Module) -> int:
+    """Smallest image height and width (pixels) a program of ``backbone`` takes:
+    ``MIN_IMAGE_SIZE``, or the coarsest output stride + 1 if larger, so that the coarsest level
+    is at least 2 cells wide (129 px for P7, stride 128). torch.export specialises sizes of 1, so
+    a dynamic size range that gives a level of one cell is refused ("Constraints violated")."""
+    strides = [spec.stride for spec in backbone.output_shape().values()]
+    return max([MIN_IMAGE_SIZE] + [int(s) + 1 for s in strides])
+
+
+def image_dims(
+    max_size: int = MAX_IMAGE_SIZE, min_size: int = MIN_IMAGE_SIZE
+) -> Tuple[torch.export.Dim, torch.export.Dim]:
+    """Height and width dims for ``torch.export``: any size from ``min_size`` (sizes below give
+    pyramid levels of one pixel, which the program does not cover; :func:`min_image_size`) to
+    ``max_size`` pixels (the program pads to the divisibility itself)."""
     return (
-        torch.export.Dim("height", min=MIN_IMAGE_SIZE, max=max_size),
-        torch.export.Dim("width", min=MIN_IMAGE_SIZE, max=max_size),
+        torch.export.Dim("height", min=min_size, max=max_size),
+        torch.export.Dim("width", min=min_size, max=max_size),
     )
 
 
@@ -502,12 +520,12 @@ def export_program(
     if image is None:
         g = torch.Generator().manual_seed(0)
         image = torch.rand(wrapper.in_channels, 4 * div, 5 * div, generator=g) * 255
-    check_image(image, wrapper.in_channels)
+    check_image(image, wrapper.in_channels, wrapper.min_size)
     # A view (a crop of a larger image) would make the program guard on its parent's size.
     image = image.contiguous()
     # NMS keeps 0 <= K <= N boxes (torchvision's own fake kernel says K >= 2).
     register_fake_kernels()
-    height, width = image_dims()
+    height, width = image_dims(min_size=wrapper.min_size)
     try:
         with torch.no_grad():
             program = torch.export.export(
@@ -524,7 +542,7 @@ def program_info(wrapper: ExportableRCNN) -> dict:
     return {
         "output_names": list(wrapper.output_names),
         "in_channels": wrapper.in_channels,
-        "min_size": MIN_IMAGE_SIZE,
+        "min_size": wrapper.min_size,
         "max_size": MAX_IMAGE_SIZE,
         "size_divisibility": wrapper.size_divisibility,
         "input": "image (3, H, W) float32, INPUT.FORMAT, resized as DefaultPredictor does",

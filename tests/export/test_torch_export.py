@@ -33,7 +33,9 @@ from fpn_plugin.export import (
     save_program,
 )
 from fpn_plugin.export.artefacts import convolves_data_dependent_batch
-from fpn_plugin.utils.testing import make_trained_like
+from fpn_plugin.export.onnx_dynamo import export_onnx_dynamo, onnx_session, run_onnx_dynamo
+from fpn_plugin.export.program import min_image_size
+from fpn_plugin.utils.testing import build_detecting_model, make_trained_like
 from tests.conftest import REPO, load_tool, plugin_cfg
 from tests.export.test_export import _image
 
@@ -116,6 +118,21 @@ def test_program_matches_eager_mask_keypoint(mask_keypoint, images):
         assert 0.05 < fg < 0.95, fg
 
 
+def test_onnx_of_mask_keypoint_matches_eager_in_onnx_runtime(mask_keypoint, images, tmp_path):
+    """The Mask + Keypoint R-CNN program through the dynamo exporter: ONNX Runtime gives eager
+    mode's detections, masks and keypoints (the keypoints' position in the resize grid is
+    divided by the grid width as a tensor: ONNX has no remainder by a data-dependent int)."""
+    names = mask_keypoint["info"]["output_names"]
+    path = export_onnx_dynamo(
+        mask_keypoint["program"], str(tmp_path / "model.onnx"), ["image"], names
+    )
+    session = onnx_session(path)
+    for image in images:
+        ref = eager_detections(mask_keypoint["model"], image)
+        result = _assert_agrees(ref, dict(zip(names, run_onnx_dynamo(session, image))))
+        assert result["min_mask_iou"] >= 0.99 and result["max_keypoint_diff"] <= BOX_TOL, result
+
+
 def test_program_of_detectron2s_own_roi_heads(images):
     """Detectron2's StandardROIHeads with its ROIPooler (as its own configs build them)."""
     model = _model("configs/quickstart.yaml", ["MODEL.ROI_HEADS.NAME", "StandardROIHeads"])
@@ -125,6 +142,24 @@ def test_program_of_detectron2s_own_roi_heads(images):
     image = images[0]
     ref = eager_detections(model, image)
     _assert_agrees(ref, dict(zip(info["output_names"], _run(program, image))))
+
+
+def test_smallest_image_keeps_the_coarsest_level_two_cells_wide(images, tmp_path):
+    """The two-stage BiFPN detector (P3-P7, coarsest stride 128) exports with images from 129 px
+    (128 would give P7 a single cell, which torch.export refuses as a dynamic size), agrees with
+    eager mode at that size and at a larger one, and the loaded file refuses smaller images."""
+    model = build_detecting_model(plugin_cfg("configs/quickstart_bifpn.yaml"), images[0])
+    assert min_image_size(model.backbone) == 129
+    assert min_image_size(_model("configs/quickstart.yaml").backbone) == 128  # P6: stride 64
+    program, info = export_program(model)
+    assert info["min_size"] == 129
+    path = str(tmp_path / "model.pt2")
+    save_program(program, path, info)
+    detector = ExportedDetector(path)
+    for image in (_image(129, 140, 5), images[1]):
+        _assert_agrees(eager_detections(model, image), detector(image), min_detections=10)
+    with pytest.raises(ValueError, match=r"^image: 128 x 140 pixels, outside the 129\.\.4096"):
+        detector(_image(128, 140, 5))
 
 
 def test_pt2_loads_without_the_plugin(faster, images, tmp_path):
