@@ -117,10 +117,18 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """``ValueError`` (one line) for a photo or config that does not exist."""
+    """``ValueError`` (one line) for a photo that does not exist or is no image, or a config that
+    does not exist."""
+    from PIL import Image
+
     for path in args.images:
         if not os.path.isfile(path):
             raise ValueError(f"image {path!r} does not exist (--images); give existing photos")
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as e:
+            raise ValueError(f"image {path!r} cannot be read ({type(e).__name__})") from None
     for name in args.configs:
         if not os.path.isfile(config_path(name)):
             raise ValueError(
@@ -130,6 +138,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def config_path(name: str) -> str:
+    """configs/<name>.yaml (``name`` may end in .yaml)."""
     return os.path.join(CONFIG_DIR, name if name.endswith(".yaml") else f"{name}.yaml")
 
 
