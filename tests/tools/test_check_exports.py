@@ -31,14 +31,17 @@ def test_defaults_check_every_quickstart_detector_as_pt2_and_onnx(tool):
     "argv, match",
     [
         (["--images", "missing.jpg"], "image 'missing.jpg' does not exist (--images)"),
-        (["--configs", "no_such_config"], "config 'no_such_config': no "),
+        (["--images", "{empty}"], "empty.jpg' cannot be read"),
+        (["--images", "{photo}", "--configs", "no_such_config"], "config 'no_such_config': no "),
     ],
 )
 def test_bad_input_is_a_one_line_error(tool, tmp_path, capsys, argv, match):
-    photo = tmp_path / "photo.jpg"
-    photo.write_bytes(b"")
-    if argv[0] != "--images":
-        argv = ["--images", str(photo)] + argv
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    paths = {"photo": str(tmp_path / "photo.png"), "empty": str(tmp_path / "empty.jpg")}
+    argv = [a.format(**paths) for a in argv]
     assert tool.main(argv + ["--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("check_exports.py: error: ") and match in err[0], err
