@@ -60,6 +60,7 @@ def test_table_has_one_row_per_config_artefact_and_photo(tool):
             "max_box_diff": 1.52587890625e-05,
             "max_score_diff": 0.0,
             "min_mask_iou": 0.998765,
+            "panoptic_agreement": 0.999991,
             "agrees": True,
             "export_seconds": 48.04,
         },
@@ -83,10 +84,10 @@ def test_table_has_one_row_per_config_artefact_and_photo(tool):
     assert lines[1].count("|") == lines[0].count("|") == len(tool.COLUMNS) + 1
     assert lines[2] == (
         "| quickstart_mask | onnx | a.jpg (384×512) | 100 | 100 | 100 | 1.5e-05 | 0 | 0.9988 | - "
-        "| yes | 48.0 |"
+        "| 1.0000 | yes | 48.0 |"
     )
-    assert "| 98 (+2 tied at the cut) | 0 | - | - | - | no | 12.0 |" in lines[3]
-    assert lines[4].endswith("| a.jpg (384×512) | - | - | - | - | - | - | - | error | - |")
+    assert "| 98 (+2 tied at the cut) | 0 | - | - | - | - | no | 12.0 |" in lines[3]
+    assert lines[4].endswith("| a.jpg (384×512) | - | - | - | - | - | - | - | - | error | - |")
 
 
 def test_scores_must_meet_their_own_tolerance(tool):
