@@ -153,8 +153,10 @@ def _cell(key: str, row: Dict) -> str:
         return "-"
     if key == "export_seconds":
         return f"{value:.1f}"
-    if key in ("min_mask_iou", "panoptic_agreement"):
+    if key == "min_mask_iou":
         return f"{value:.4f}"
+    if key == "panoptic_agreement":  # one pixel in 10^5 shows
+        return f"{value:.5f}"
     if key == "matched" and row.get("ties_at_cut"):
         return f"{value} (+{row['ties_at_cut']} tied at the cut)"
     if isinstance(value, float):

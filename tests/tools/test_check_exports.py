@@ -84,7 +84,7 @@ def test_table_has_one_row_per_config_artefact_and_photo(tool):
     assert lines[1].count("|") == lines[0].count("|") == len(tool.COLUMNS) + 1
     assert lines[2] == (
         "| quickstart_mask | onnx | a.jpg (384×512) | 100 | 100 | 100 | 1.5e-05 | 0 | 0.9988 | - "
-        "| 1.0000 | yes | 48.0 |"
+        "| 0.99999 | yes | 48.0 |"
     )
     assert "| 98 (+2 tied at the cut) | 0 | - | - | - | - | no | 12.0 |" in lines[3]
     assert lines[4].endswith("| a.jpg (384×512) | - | - | - | - | - | - | - | - | error | - |")
