@@ -23,6 +23,7 @@ from fpn_plugin.accel.multilevel_pooler import MultiLevelROIAlign
 from fpn_plugin.engine.trainer import FPNTrainer
 from fpn_plugin.export import compare_detections, eager_detections, export_tracing, run_traced
 from fpn_plugin.export.common import fields
+from fpn_plugin.utils.testing import blob_image as smooth_image
 from fpn_plugin.utils.testing import make_trained_like, random_boxes
 from tests.accel.test_fast_mode import assert_fast_mode_close
 from tests.accel.test_roi_align import fast_pooler
@@ -33,7 +34,6 @@ from tests.engine.test_training import (  # noqa: F401  (fixtures)
     read_metrics,
     tiny_cfg,
 )
-from tests.export.test_export import _image as smooth_image
 from tests.modeling.test_detectors import DETECTORS, EVAL_OPTS, NUM_DETECTIONS, _raw_and_final
 from tests.modeling.test_parity import _run
 from tests.modeling.test_pooler import SCALES

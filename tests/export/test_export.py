@@ -36,22 +36,11 @@ from fpn_plugin.export import (
     run_traced,
 )
 from fpn_plugin.export.to_folder import export_to_folder
-from fpn_plugin.utils.testing import make_trained_like
+from fpn_plugin.utils.testing import blob_image, make_trained_like
 from tests.conftest import REPO, load_tool, plugin_cfg
 
 TOOL = os.path.join(REPO, "tools", "export_model.py")
 TOL = 1e-3
-
-
-def _image(height, width, seed):
-    """(3, H, W) float32 BGR in [0, 255]: smooth blobs plus noise, so features vary over the
-    image."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(1, 3, height // 32, width // 32, generator=g)
-    smooth = torch.nn.functional.interpolate(
-        coarse, size=(height, width), mode="bilinear", align_corners=False
-    )[0]
-    return (0.8 * smooth + 0.2 * torch.rand(3, height, width, generator=g)) * 255
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +54,7 @@ def quick_model():
 @pytest.fixture(scope="module")
 def images():
     """The sample image (512 x 640) and one of another size (608 x 800)."""
-    return [_image(512, 640, 1), _image(608, 800, 2)]
+    return [blob_image(512, 640, 1), blob_image(608, 800, 2)]
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +124,7 @@ def test_compare_detections_can_fail(eager):
 
 def test_r50_scripting_matches_eager(r50_pair):
     _, ours, _ = r50_pair
-    img = _image(320, 480, 3)
+    img = blob_image(320, 480, 3)
     ref = eager_detections(ours, img)
     _assert_agrees(ref, run_scripted(export_scripting(ours), img))
 
@@ -181,8 +170,8 @@ def weights(quick_model, tmp_path_factory):
 def test_tool_exports_onnx_and_checks_it(weights, tmp_path):
     # Small images: the agreement on real-sized ones is tested above, in process.
     sample, other = str(tmp_path / "sample.png"), str(tmp_path / "other.png")
-    _save_png(_image(384, 448, 4), sample)
-    _save_png(_image(320, 512, 5), other)
+    _save_png(blob_image(384, 448, 4), sample)
+    _save_png(blob_image(320, 512, 5), other)
     out = tmp_path / "out"
     flags = ["--format", "onnx", "--sample-image", sample, "--check", "--check-images", other]
     # MIN_SIZE_TEST 0: images are not resized, so the check runs on two sizes.

@@ -31,9 +31,8 @@ from fpn_plugin.export.panoptic import (
     paste_mask,
     segments_info,
 )
-from fpn_plugin.utils.testing import make_trained_like, random_boxes
+from fpn_plugin.utils.testing import blob_image, make_trained_like, random_boxes
 from tests.conftest import REPO, load_tool, plugin_cfg
-from tests.export.test_export import _image
 
 CONFIG = "configs/quickstart_panoptic.yaml"
 #: Two images of sizes neither used at export (128 x 160) nor multiples of 32.
@@ -63,7 +62,7 @@ def panoptic():
 
 @pytest.fixture(scope="module")
 def images():
-    return [_image(h, w, seed) for seed, (h, w) in enumerate(SIZES, start=7)]
+    return [blob_image(h, w, seed) for seed, (h, w) in enumerate(SIZES, start=7)]
 
 
 def _run(panoptic, image):
@@ -244,7 +243,7 @@ def test_tool_exports_onnx_dynamo_and_checks_it_in_onnx_runtime(tmp_path, panopt
     photos = []
     for seed, (h, w) in enumerate(SIZES, start=7):
         photos.append(str(tmp_path / f"photo{seed}.png"))
-        bgr = _image(h, w, seed).permute(1, 2, 0).byte().numpy()
+        bgr = blob_image(h, w, seed).permute(1, 2, 0).byte().numpy()
         Image.fromarray(bgr[:, :, ::-1].copy()).save(photos[-1])
     tool = load_tool("export_model.py")
     out = tmp_path / "out"

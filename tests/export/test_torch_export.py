@@ -35,9 +35,8 @@ from fpn_plugin.export import (
 from fpn_plugin.export.artefacts import convolves_data_dependent_batch
 from fpn_plugin.export.onnx_dynamo import export_onnx_dynamo, onnx_session, run_onnx_dynamo
 from fpn_plugin.export.program import min_image_size
-from fpn_plugin.utils.testing import build_detecting_model, make_trained_like
+from fpn_plugin.utils.testing import blob_image, build_detecting_model, make_trained_like
 from tests.conftest import REPO, load_tool, plugin_cfg
-from tests.export.test_export import _image
 
 BOX_TOL, SCORE_TOL = 1e-3, 1e-4
 
@@ -79,7 +78,7 @@ def mask_keypoint():
 
 @pytest.fixture(scope="module")
 def images():
-    return [_image(h, w, seed) for seed, (h, w) in enumerate(SIZES, start=7)]
+    return [blob_image(h, w, seed) for seed, (h, w) in enumerate(SIZES, start=7)]
 
 
 def _assert_agrees(ref, got, min_detections=30):
@@ -156,10 +155,10 @@ def test_smallest_image_keeps_the_coarsest_level_two_cells_wide(images, tmp_path
     path = str(tmp_path / "model.pt2")
     save_program(program, path, info)
     detector = ExportedDetector(path)
-    for image in (_image(129, 140, 5), images[1]):
+    for image in (blob_image(129, 140, 5), images[1]):
         _assert_agrees(eager_detections(model, image), detector(image), min_detections=10)
     with pytest.raises(ValueError, match=r"^image: 128 x 140 pixels, outside the 129\.\.4096"):
-        detector(_image(128, 140, 5))
+        detector(blob_image(128, 140, 5))
 
 
 def test_pt2_loads_without_the_plugin(faster, images, tmp_path):
@@ -246,7 +245,7 @@ def test_loaded_program_on_small_and_flat_images(loaded, faster):
     with eager mode: no size assumed at export holds them back (torchvision's fake nms kernel
     declares >= 2 boxes kept; the program is exported with the exact one of
     fpn_plugin.export.fake_kernels)."""
-    for image in (torch.full((3, 130, 150), 114.0), _image(128, 128, 3)):
+    for image in (torch.full((3, 130, 150), 114.0), blob_image(128, 128, 3)):
         got = loaded(image)
         assert set(got) == set(faster["info"]["output_names"])
         result = compare_detections(eager_detections(faster["model"], image), got, BOX_TOL)
@@ -333,7 +332,7 @@ def test_tool_exports_onnx_dynamo_and_checks_it_in_onnx_runtime(tmp_path, faster
     )
     DetectionCheckpointer(faster["model"], save_dir=str(tmp_path)).save("w")
     photo = str(tmp_path / "photo.png")
-    bgr = _image(300, 410, 9).permute(1, 2, 0).byte().numpy()
+    bgr = blob_image(300, 410, 9).permute(1, 2, 0).byte().numpy()
     Image.fromarray(bgr[:, :, ::-1].copy()).save(photo)
     tool = load_tool("export_model.py")
     out = tmp_path / "out"
