@@ -40,6 +40,7 @@ from typing import Dict, List, Optional, Sequence
 import tool_startup  # noqa: F401  (first: Detectron2 without the TorchScript warning)
 import torch
 
+from fpn_bench.checkout import CONFIGS as CONFIG_DIR
 from fpn_plugin.accel import accelerate
 from fpn_plugin.engine import load_plugin_config
 from fpn_plugin.export import ExportError
@@ -64,7 +65,6 @@ DEFAULT_FORMATS = ("pt2", "onnx")
 #: The agreement asked of every artefact (docs/export.md): boxes and keypoints (pixels), scores
 #: (mask IoU >= 0.99: compare_detections' own default).
 BOX_TOL, SCORE_TOL = 1e-3, 1e-4
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 #: Table columns: (header, row key).
 COLUMNS = (

@@ -33,6 +33,7 @@ from torch import nn
 
 from detectron2.modeling.meta_arch.panoptic_fpn import combine_semantic_and_instance_outputs
 from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
+from detectron2.structures import Boxes
 
 from .common import fields
 
@@ -224,9 +225,8 @@ def panoptic_detections(model: nn.Module, image: torch.Tensor) -> Dict[str, torc
             model.combine_stuff_area_thresh,
             model.combine_instances_score_thresh,
         )
-    # detector_postprocess drops empty boxes: its index -> the detection's.
-    rows = torch.nonzero((out["pred_boxes"][:, 2:] > out["pred_boxes"][:, :2]).all(dim=1))
-    rows = rows.flatten()
+    # detector_postprocess drops empty boxes (Boxes.nonempty): its index -> the detection's.
+    rows = torch.nonzero(Boxes(out["pred_boxes"]).nonempty()).flatten()
     areas, classes, instances_of = [], [], []
     for segment in info:
         if segment["isthing"]:
@@ -256,10 +256,8 @@ def segments_info(outputs: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, List[
     the detections with a non-empty box); stuff ``id``, ``isthing`` False, ``category_id``,
     ``area`` (pixels).
     """
-    boxes = outputs["pred_boxes"]
-    nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    # Row among the non-empty boxes, for each detection.
-    kept_row = torch.cumsum(nonempty.long(), dim=0) - 1
+    # Row among the non-empty boxes (those detector_postprocess keeps), for each detection.
+    kept_row = torch.cumsum(Boxes(outputs["pred_boxes"]).nonempty().long(), dim=0) - 1
     info = []
     areas = outputs["segment_areas"].tolist()
     classes = outputs["segment_classes"].tolist()

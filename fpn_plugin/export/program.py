@@ -240,8 +240,7 @@ class ExportableRCNN(nn.Module):
     def __init__(self, model: GeneralizedRCNN):
         super().__init__()
         check_model(model, PATH)
-        sem_seg_head = getattr(model, "sem_seg_head", None)
-        if sem_seg_head is not None:
+        if getattr(model, "sem_seg_head", None) is not None:
             _check_panoptic(model)
         model = plain_copy(model)
         rpn, heads = model.proposal_generator, model.roi_heads
@@ -289,11 +288,11 @@ class ExportableRCNN(nn.Module):
         self.num_classes = int(predictor.num_classes)
         #: Panoptic FPN's semantic head (None for the detectors) and its combination with the
         #: instances.
-        self.sem_seg_head = model.sem_seg_head if sem_seg_head is not None else None
+        self.sem_seg_head = getattr(model, "sem_seg_head", None)
         self.combination = None
-        if sem_seg_head is not None:
+        if self.sem_seg_head is not None:
             self.combination = PanopticCombination(
-                model.sem_seg_head.predictor.out_channels,
+                self.sem_seg_head.predictor.out_channels,
                 model.combine_overlap_thresh,
                 model.combine_stuff_area_thresh,
                 model.combine_instances_score_thresh,
