@@ -16,7 +16,6 @@ import sys
 
 import pytest
 import torch
-from PIL import Image
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
@@ -38,6 +37,7 @@ from fpn_plugin.export import (
 from fpn_plugin.export.to_folder import export_to_folder
 from fpn_plugin.utils.testing import blob_image, make_trained_like
 from tests.conftest import REPO, load_tool, plugin_cfg
+from tests.export.detecting import save_png
 
 TOOL = os.path.join(REPO, "tools", "export_model.py")
 TOL = 1e-3
@@ -155,11 +155,6 @@ def _tool_args(method, output, *flags, opts=()):
     return [*head, "MODEL.DEVICE", "cpu", *opts]
 
 
-def _save_png(img, path):
-    # BGR float (3, H, W) -> RGB uint8 file, read back by the tool as BGR.
-    Image.fromarray(img.flip(0).permute(1, 2, 0).round().clamp(0, 255).byte().numpy()).save(path)
-
-
 @pytest.fixture(scope="module")
 def weights(quick_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("export_weights")
@@ -170,8 +165,8 @@ def weights(quick_model, tmp_path_factory):
 def test_tool_exports_onnx_and_checks_it(weights, tmp_path):
     # Small images: the agreement on real-sized ones is tested above, in process.
     sample, other = str(tmp_path / "sample.png"), str(tmp_path / "other.png")
-    _save_png(blob_image(384, 448, 4), sample)
-    _save_png(blob_image(320, 512, 5), other)
+    save_png(blob_image(384, 448, 4), sample)
+    save_png(blob_image(320, 512, 5), other)
     out = tmp_path / "out"
     flags = ["--format", "onnx", "--sample-image", sample, "--check", "--check-images", other]
     # MIN_SIZE_TEST 0: images are not resized, so the check runs on two sizes.

@@ -33,6 +33,7 @@ from fpn_plugin.export.panoptic import (
 )
 from fpn_plugin.utils.testing import blob_image, make_trained_like, random_boxes
 from tests.conftest import REPO, load_tool, plugin_cfg
+from tests.export.detecting import save_png
 
 CONFIG = "configs/quickstart_panoptic.yaml"
 #: Two images of sizes neither used at export (128 x 160) nor multiples of 32.
@@ -228,8 +229,6 @@ def test_tool_exports_onnx_dynamo_and_checks_it_in_onnx_runtime(tmp_path, panopt
     program converted to ONNX (a Loop for the instances) agrees with the tool's eager model in
     ONNX Runtime on two images of other sizes. The program exported above from the same weights
     stands in for a new export; the ONNX conversion and the check are the tool's own."""
-    from PIL import Image
-
     from detectron2.checkpoint import DetectionCheckpointer
 
     import fpn_plugin.export.to_folder as to_folder
@@ -240,11 +239,10 @@ def test_tool_exports_onnx_dynamo_and_checks_it_in_onnx_runtime(tmp_path, panopt
         lambda model, image: (panoptic["program"], panoptic["info"]),
     )
     DetectionCheckpointer(panoptic["model"], save_dir=str(tmp_path)).save("w")
-    photos = []
-    for seed, (h, w) in enumerate(SIZES, start=7):
-        photos.append(str(tmp_path / f"photo{seed}.png"))
-        bgr = blob_image(h, w, seed).permute(1, 2, 0).byte().numpy()
-        Image.fromarray(bgr[:, :, ::-1].copy()).save(photos[-1])
+    photos = [
+        save_png(blob_image(h, w, seed), tmp_path / f"photo{seed}.png")
+        for seed, (h, w) in enumerate(SIZES, start=7)
+    ]
     tool = load_tool("export_model.py")
     out = tmp_path / "out"
     config = os.path.join(REPO, CONFIG)

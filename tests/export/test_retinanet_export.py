@@ -24,7 +24,7 @@ from fpn_plugin.export.retinanet import (
     save_retinanet_onnx,
 )
 from tests.conftest import d2_cfg, plugin_cfg
-from tests.export.detecting import detecting_retinanet, image, make_detecting
+from tests.export.detecting import detecting_retinanet, image, make_detecting, save_png
 
 BOX_TOL, SCORE_TOL = 1e-3, 1e-4
 
@@ -143,14 +143,6 @@ def test_detectron2s_own_retinanet_exports(images):
             _assert_agrees(retinanet_detections(d2_model, img), exported(img))
 
 
-def _png(img, path):
-    from PIL import Image
-
-    bgr = img.permute(1, 2, 0).round().byte().numpy()
-    Image.fromarray(bgr[:, :, ::-1].copy()).save(path)
-    return str(path)
-
-
 def test_tool_exports_retinanet_pt2_and_checks_it(model, program, tmp_path, monkeypatch):
     """tools/export_model.py --format pt2 --check on a RetinaNet config: the model goes through
     export_retinanet (the program exported above from the same weights stands in for a new
@@ -166,8 +158,8 @@ def test_tool_exports_retinanet_pt2_and_checks_it(model, program, tmp_path, monk
 
     monkeypatch.setattr(to_folder, "export_retinanet", lambda m, img: program)
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("w")
-    a = _png(image(300, 410, 1), tmp_path / "a.png")
-    b = _png(image(480, 352, 2), tmp_path / "b.png")
+    a = save_png(image(300, 410, 1), tmp_path / "a.png")
+    b = save_png(image(480, 352, 2), tmp_path / "b.png")
     out = tmp_path / "out"
     config = os.path.join(REPO, "configs", "quickstart_retinanet.yaml")
     argv = ["--config-file", config, "--format", "pt2", "--output", str(out), "--check"]

@@ -37,6 +37,7 @@ from fpn_plugin.export.onnx_dynamo import export_onnx_dynamo, onnx_session, run_
 from fpn_plugin.export.program import min_image_size
 from fpn_plugin.utils.testing import blob_image, build_detecting_model, make_trained_like
 from tests.conftest import REPO, load_tool, plugin_cfg
+from tests.export.detecting import save_png
 
 BOX_TOL, SCORE_TOL = 1e-3, 1e-4
 
@@ -321,8 +322,6 @@ def test_tool_exports_onnx_dynamo_and_checks_it_in_onnx_runtime(tmp_path, faster
     model on its sample image and on an image file of another size (boxes 1e-3 px, scores 1e-4,
     same classes). The program exported above from the same weights stands in for a new export;
     the ONNX conversion is the tool's own."""
-    from PIL import Image
-
     from detectron2.checkpoint import DetectionCheckpointer
 
     import fpn_plugin.export.to_folder as to_folder
@@ -331,9 +330,7 @@ def test_tool_exports_onnx_dynamo_and_checks_it_in_onnx_runtime(tmp_path, faster
         to_folder, "export_program", lambda model, image: (faster["program"], faster["info"])
     )
     DetectionCheckpointer(faster["model"], save_dir=str(tmp_path)).save("w")
-    photo = str(tmp_path / "photo.png")
-    bgr = blob_image(300, 410, 9).permute(1, 2, 0).byte().numpy()
-    Image.fromarray(bgr[:, :, ::-1].copy()).save(photo)
+    photo = save_png(blob_image(300, 410, 9), tmp_path / "photo.png")
     tool = load_tool("export_model.py")
     out = tmp_path / "out"
     config = os.path.join(REPO, "configs", "quickstart.yaml")
